@@ -1,0 +1,193 @@
+"""The request's view of its session, and the request functions route code calls.
+
+One :class:`RequestSession` per HTTP request or websocket, put in the ASGI scope by the
+middleware. It is also what ``scope["session"]`` (Starlette's ``request.session``) holds: a lazy
+mapping over the request's session, where reading creates nothing and the first write creates
+the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import HTTPConnection
+
+from .errors import IllegalStateError
+from .session import HttpSession
+
+if TYPE_CHECKING:
+    from .cookies import CookieCodec
+    from .manager import SessionManager
+
+SCOPE_KEY = "servletsession"
+
+
+class RequestSession(MutableMapping[str, Any]):
+    """The sessions one request uses, whether they changed, and which cookie that calls for."""
+
+    __slots__ = (
+        "_cookies",
+        "_found",
+        "_joined",
+        "_manager",
+        "_session",
+        "consulted",
+        "requested_id",
+        "started",
+    )
+
+    def __init__(
+        self, manager: SessionManager, cookies: CookieCodec, requested_id: str | None
+    ) -> None:
+        self._manager = manager
+        self._cookies = cookies
+        self.requested_id = requested_id  # the signature-verified ID the request carried
+        self._session: HttpSession | None = None
+        self._found = False  # the requested ID named a live session when the request arrived
+        self._joined: list[HttpSession] = []
+        self.consulted = False  # the app looked at the session: responses vary by Cookie
+        self.started = False  # the response (or websocket accept) has been sent
+
+    async def load(self) -> None:
+        if self.requested_id is not None:
+            session = await self._manager.find(self.requested_id)
+            if session is not None:
+                self._session = session
+                self._found = True
+                self._joined.append(session)
+
+    def get_session(self, create: bool = True) -> HttpSession | None:
+        self.consulted = True
+        session = self._session
+        if session is not None and session._valid:
+            return session
+        if not create:
+            return None
+        if self.started:
+            raise IllegalStateError(
+                "cannot create a session after the response has started: the Set-Cookie header "
+                "can no longer be sent; call get_session() before the response starts "
+                "(before returning a StreamingResponse, or before websocket.accept())"
+            )
+        session = self._manager.create_session()
+        self._session = session
+        self._joined.append(session)
+        return session
+
+    def change_session_id(self) -> str:
+        session = self.get_session(create=False)
+        if session is None:
+            raise IllegalStateError("change_session_id(): the request has no session")
+        if self.started:
+            raise IllegalStateError(
+                "change_session_id() after the response has started: the new cookie can no "
+                "longer be sent; change the ID before the response starts"
+            )
+        return self._manager.change_session_id_now(session)
+
+    def is_requested_id_valid(self) -> bool:
+        session = self._session
+        return (
+            self.requested_id is not None
+            and session is not None
+            and session._valid
+            and session._id == self.requested_id
+        )
+
+    def set_cookie_header(self) -> bytes | None:
+        """The ``Set-Cookie`` value this response needs, if any: the session's cookie when it
+        was created or its ID changed, a deletion cookie when the requested session ended."""
+        session = self._session
+        if session is not None and session._valid:
+            if session._id != self.requested_id:
+                return self._cookies.set_cookie(session._id)
+            return None
+        return self._cookies.deletion() if self._found else None
+
+    async def finish(self) -> None:
+        for session in self._joined:
+            await self._manager.release(session)
+
+    # --- the lazy mapping (Starlette's request.session) --------------------------------------
+
+    def _current(self) -> HttpSession | None:
+        return self.get_session(create=False)
+
+    def __getitem__(self, key: str) -> Any:
+        session = self._current()
+        if session is None:
+            raise KeyError(key)
+        return session[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        session = self.get_session(create=True)
+        assert session is not None
+        session[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        session = self._current()
+        if session is None:
+            raise KeyError(key)
+        del session[key]
+
+    def __contains__(self, key: object) -> bool:
+        session = self._current()
+        return session is not None and key in session
+
+    def __iter__(self) -> Iterator[str]:
+        session = self._current()
+        return iter(session) if session is not None else iter(())
+
+    def __len__(self) -> int:
+        session = self._current()
+        return len(session) if session is not None else 0
+
+    def __repr__(self) -> str:
+        return f"<RequestSession {self._session!r}>"
+
+
+def _request_session(connection: HTTPConnection | MutableMapping[str, Any]) -> RequestSession:
+    scope = connection.scope if isinstance(connection, HTTPConnection) else connection
+    context = scope.get(SCOPE_KEY)
+    if context is None:
+        raise RuntimeError(
+            "no session support on this request: add servletsession.SessionMiddleware to the app "
+            "(app.add_middleware(SessionMiddleware, secret_key=...))"
+        )
+    assert isinstance(context, RequestSession)
+    return context
+
+
+def get_session(
+    connection: HTTPConnection | MutableMapping[str, Any], create: bool = True
+) -> HttpSession | None:
+    """The request's session (``HttpServletRequest.getSession(create)``).
+
+    With ``create=True`` a new session is made when the request has none; it raises
+    :class:`IllegalStateError` if the response has already started.
+    """
+    return _request_session(connection).get_session(create)
+
+
+def change_session_id(connection: HTTPConnection | MutableMapping[str, Any]) -> str:
+    """Give the request's session a new ID (``changeSessionId()``); call it at login.
+
+    The old ID is dead in this process when this returns, everywhere once the request finishes;
+    attributes and creation time are kept and the new cookie goes out with the response.
+    """
+    return _request_session(connection).change_session_id()
+
+
+def requested_session_id(connection: HTTPConnection | MutableMapping[str, Any]) -> str | None:
+    """The session ID the request's cookie carried, if its signature was valid
+    (``getRequestedSessionId()``); it may name a session that no longer exists."""
+    return _request_session(connection).requested_id
+
+
+def is_requested_session_id_valid(connection: HTTPConnection | MutableMapping[str, Any]) -> bool:
+    """True if the requested ID names the request's live session.
+
+    ``isRequestedSessionIdValid()``: false once that session is invalidated or its ID changed.
+    """
+    return _request_session(connection).is_requested_id_valid()

@@ -1,0 +1,30 @@
+"""The exceptions route code and operators can meet."""
+
+from __future__ import annotations
+
+
+class IllegalStateError(RuntimeError):
+    """A session call made in a state that forbids it.
+
+    The Servlet spec's ``IllegalStateException``: any accessor of an invalidated session, creating a
+    session or changing its ID once the response has started (the cookie can no longer be sent).
+    """
+
+
+class ConfigurationError(ValueError):
+    """An option, or a combination of options, that cannot work; raised at construction."""
+
+
+class SessionLimitError(RuntimeError):
+    """A new session was refused because ``max_active_sessions`` is reached (policy ``reject``).
+
+    The middleware answers the request with ``503 Service Unavailable`` and ``Retry-After``.
+    """
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"max_active_sessions={limit} reached; a new session was refused "
+            f"(raise the limit, lower max_inactive_interval, or use policy 'evict_lru')"
+        )
+        self.limit = limit
+        self.retry_after = retry_after

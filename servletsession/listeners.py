@@ -1,0 +1,228 @@
+"""Lifecycle listeners: the event classes, the five protocols, and how events are delivered.
+
+The protocols mirror ``jakarta.servlet.http``'s listener interfaces method for method. A listener
+object may implement any subset of them, each method sync or ``async def``:
+
+* A sync method runs inline, inside the call that caused it (``set_attribute`` and friends).
+* An ``async def`` method is started at once as a task, chained behind the earlier async
+  deliveries of the same session, so each listener sees one session's events in the order they
+  happened. The middleware awaits the chain before the request finishes and before the session is
+  saved (:func:`settle`).
+* A listener that raises is logged and skipped (Servlet containers do the same, e.g. Tomcat's
+  ``StandardSession.expire()``): it never fails the request or stops the other listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .session import HttpSession
+
+logger = logging.getLogger("servletsession")
+
+#: The session whose listeners are running in this context. An expiring session stays readable
+#: to its own listeners (``session_destroyed`` "fires while the session is still readable").
+delivering_for: ContextVar[HttpSession | None] = ContextVar(
+    "servletsession_delivering", default=None
+)
+
+
+class HttpSessionEvent:
+    """``HttpSessionEvent``: the session an event is about."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: HttpSession) -> None:
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.session!r})"
+
+
+class HttpSessionBindingEvent(HttpSessionEvent):
+    """``HttpSessionBindingEvent``: an attribute's name and value.
+
+    On ``attribute_replaced`` the value is the **old** one (Servlet spec, ``getValue()``).
+    """
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, session: HttpSession, name: str, value: Any) -> None:
+        super().__init__(session)
+        self.name = name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"HttpSessionBindingEvent({self.session!r}, name={self.name!r})"
+
+
+MaybeAwaitable = Awaitable[None] | None
+
+
+class HttpSessionListener(Protocol):
+    """Notified when a session is created and when it is destroyed (invalidated or expired)."""
+
+    def session_created(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
+    def session_destroyed(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
+
+
+class HttpSessionAttributeListener(Protocol):
+    """Notified of every attribute added, removed or replaced in any session."""
+
+    def attribute_added(self, event: HttpSessionBindingEvent) -> MaybeAwaitable: ...
+    def attribute_removed(self, event: HttpSessionBindingEvent) -> MaybeAwaitable: ...
+    def attribute_replaced(self, event: HttpSessionBindingEvent) -> MaybeAwaitable: ...
+
+
+class HttpSessionBindingListener(Protocol):
+    """Implemented by an attribute *value*: told when it is bound to or unbound from a session."""
+
+    def value_bound(self, event: HttpSessionBindingEvent) -> MaybeAwaitable: ...
+    def value_unbound(self, event: HttpSessionBindingEvent) -> MaybeAwaitable: ...
+
+
+class HttpSessionIdListener(Protocol):
+    """Notified when a session's ID changes (``change_session_id``)."""
+
+    def session_id_changed(
+        self, event: HttpSessionEvent, old_session_id: str
+    ) -> MaybeAwaitable: ...
+
+
+class HttpSessionActivationListener(Protocol):
+    """Implemented by an attribute *value*: told before its session is written to a store and
+    after it is read back (only stores that serialize sessions do either)."""
+
+    def session_will_passivate(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
+    def session_did_activate(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
+
+
+#: Methods a listener registered on the manager may implement.
+MANAGER_EVENTS = (
+    "session_created",
+    "session_destroyed",
+    "attribute_added",
+    "attribute_removed",
+    "attribute_replaced",
+    "session_id_changed",
+)
+
+Method = Callable[..., Any]
+
+
+class ListenerRegistry:
+    """The manager's listeners, indexed by event: an event nobody listens to costs nothing."""
+
+    __slots__ = ("_by_event",)
+
+    def __init__(self, listeners: Iterable[object] = ()) -> None:
+        self._by_event: dict[str, list[Method]] = {name: [] for name in MANAGER_EVENTS}
+        for listener in listeners:
+            self.add(listener)
+
+    def add(self, listener: object) -> None:
+        found = [name for name in MANAGER_EVENTS if callable(getattr(listener, name, None))]
+        if not found:
+            raise TypeError(
+                f"{type(listener).__name__} implements no listener method; "
+                f"define one or more of: {', '.join(MANAGER_EVENTS)}"
+            )
+        for name in found:
+            self._by_event[name].append(getattr(listener, name))
+
+    def remove(self, listener: object) -> None:
+        for methods in self._by_event.values():
+            methods[:] = [m for m in methods if getattr(m, "__self__", None) is not listener]
+
+    def methods(self, event_name: str) -> list[Method]:
+        return self._by_event[event_name]
+
+
+def deliver(session: HttpSession, methods: Iterable[Method], *args: Any) -> None:
+    """Call each listener method with ``args``; chain the async ones (see the module docstring)."""
+    for method in methods:
+        token = delivering_for.set(session)
+        try:
+            result = method(*args)
+        except Exception:
+            _log_failure(method, session)
+        else:
+            if result is not None and inspect.isawaitable(result):
+                _chain(session, _guarded(session, method, result))
+        finally:
+            delivering_for.reset(token)
+
+
+def deliver_to_value(session: HttpSession, value: Any, method_name: str, *args: Any) -> None:
+    """Deliver a binding or activation event to an attribute value, if it listens for it."""
+    method = getattr(value, method_name, None)
+    if method is not None and callable(method):
+        deliver(session, (method,), *args)
+
+
+def after_pending(session: HttpSession, step: Callable[[], None]) -> None:
+    """Run ``step`` once every async delivery already started for ``session`` has finished.
+
+    With nothing pending it runs now. Expiry uses it so that attributes are unbound only after an
+    ``async`` ``session_destroyed`` listener has had its chance to read them.
+    """
+    if session._listener_tail is None:
+        step()
+        return
+
+    async def run_step() -> None:
+        token = delivering_for.set(session)
+        try:
+            step()
+        finally:
+            delivering_for.reset(token)
+
+    _chain(session, run_step())
+
+
+async def settle(session: HttpSession) -> None:
+    """Wait until every async delivery for ``session`` (including ones they trigger) is done."""
+    while (tail := session._listener_tail) is not None:
+        await tail
+        if session._listener_tail is tail:
+            session._listener_tail = None
+
+
+def _chain(session: HttpSession, work: Awaitable[None]) -> None:
+    previous = session._listener_tail
+
+    async def in_order() -> None:
+        if previous is not None:
+            await previous
+        await work
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        # No event loop in this thread (a script or a sync test): nothing can be pending either,
+        # so run the delivery to completion here.
+        asyncio.run(in_order())
+        return
+    session._listener_tail = loop.create_task(in_order())
+
+
+async def _guarded(session: HttpSession, method: Method, awaitable: Awaitable[Any]) -> None:
+    token = delivering_for.set(session)
+    try:
+        await awaitable
+    except Exception:
+        _log_failure(method, session)
+    finally:
+        delivering_for.reset(token)
+
+
+def _log_failure(method: Method, session: HttpSession) -> None:
+    owner = getattr(method, "__self__", None)
+    where = f"{type(owner).__name__}.{method.__name__}" if owner is not None else repr(method)
+    logger.exception("session listener %s raised; skipped (%r)", where, session)

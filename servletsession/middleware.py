@@ -1,0 +1,207 @@
+"""``SessionMiddleware``: pure ASGI, for ``http``, ``websocket`` and ``lifespan``.
+
+Per request it reads and verifies the session cookie, loads the session before the app runs,
+adds ``Set-Cookie``/``Vary``/``Cache-Control`` as the response starts (appending to the app's
+headers, never replacing them), and releases the session — delivering pending async listener
+events and saving what changed — after the response is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import CookieSettings, validated
+from .context import SCOPE_KEY, RequestSession
+from .cookies import CookieCodec
+from .errors import ConfigurationError, SessionLimitError
+from .manager import SessionManager
+from .stores.base import SessionStore
+
+logger = logging.getLogger("servletsession")
+
+_START = ("http.response.start", "websocket.accept", "websocket.http.response.start")
+
+
+class SessionMiddleware:
+    """Server-side sessions for an ASGI app.
+
+    Cookie options belong here; session policy belongs to the :class:`SessionManager`. Pass
+    ``manager=`` to share one manager (with its listeners and limits), or ``store=`` and
+    ``max_inactive_interval=`` to have one built — not both.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: str | bytes | list[str | bytes],
+        store: SessionStore | None = None,
+        *,
+        manager: SessionManager | None = None,
+        max_inactive_interval: int | None = None,
+        cookie_name: str = "sessionid",
+        http_only: bool = True,
+        secure: bool = True,
+        same_site: str = "lax",
+        path: str = "/",
+        domain: str | None = None,
+        max_age: int | None = None,
+    ) -> None:
+        settings: CookieSettings = validated(
+            CookieSettings,
+            secret_key=secret_key,
+            cookie_name=cookie_name,
+            http_only=http_only,
+            secure=secure,
+            same_site=same_site,
+            path=path,
+            domain=domain,
+            max_age=max_age,
+        )
+        if manager is not None:
+            clashing = [
+                name
+                for name, value in (
+                    ("store", store),
+                    ("max_inactive_interval", max_inactive_interval),
+                )
+                if value is not None
+            ]
+            if clashing:
+                raise ConfigurationError(
+                    f"{' and '.join(clashing)} given together with manager=: set them on the "
+                    "SessionManager instead (SessionManager(store=..., max_inactive_interval=...))"
+                )
+        else:
+            options: dict[str, Any] = {"store": store}
+            if max_inactive_interval is not None:
+                options["max_inactive_interval"] = max_inactive_interval
+            manager = SessionManager(**options)
+        self.app = app
+        self.manager = manager
+        self.settings = settings
+        self._cookies = CookieCodec(
+            secret_keys=settings.secret_keys(),
+            name=settings.cookie_name,
+            path=settings.path,
+            domain=settings.domain,
+            max_age=settings.max_age,
+            secure=settings.secure,
+            http_only=settings.http_only,
+            same_site=settings.same_site,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        manager = self.manager
+        if manager._reaper is None:
+            manager.start_reaper_lazily()
+        session_id, outcome = self._cookies.read(scope["headers"])
+        if session_id is None and outcome != "absent":
+            manager.note_bad_cookie()
+        context = RequestSession(manager, self._cookies, session_id)
+        if session_id is not None:
+            await context.load()
+        scope["session"] = context
+        scope[SCOPE_KEY] = context
+
+        async def send_with_session_headers(message: Message) -> None:
+            if message["type"] in _START and not context.started:
+                context.started = True
+                _add_session_headers(message, context)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_session_headers)
+        except SessionLimitError as exc:
+            if context.started:
+                raise
+            logger.warning("%s", exc)
+            await _send_unavailable(scope, send, exc.retry_after)
+        finally:
+            if context._joined:
+                await context.finish()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the reaper at startup, stop it after the app's own shutdown handlers ran."""
+        manager = self.manager
+
+        async def receive_and_start(message: Message | None = None) -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                manager.start_reaper()
+            return message
+
+        async def send_and_stop(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await manager.stop_reaper()
+            await send(message)
+
+        await self.app(scope, receive_and_start, send_and_stop)
+
+
+def _add_session_headers(message: Message, context: RequestSession) -> None:
+    cookie = context.set_cookie_header()
+    if cookie is None and not context.consulted:
+        return
+    headers = list(message.get("headers", ()))
+    if message["type"] != "websocket.accept":
+        _add_vary_cookie(headers)
+    if cookie is not None:
+        headers.append((b"set-cookie", cookie))
+        if message["type"] != "websocket.accept":
+            _make_private(headers)
+    message["headers"] = headers
+
+
+def _add_vary_cookie(headers: list[Any]) -> None:
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"vary":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if b"cookie" not in tokens and b"*" not in tokens:
+                headers[index] = (name, value + b", Cookie")
+            return
+    headers.append((b"vary", b"Cookie"))
+
+
+def _make_private(headers: list[Any]) -> None:
+    """A response that sets the session cookie must not be stored by shared caches."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"cache-control":
+            directives = [d.strip() for d in value.split(b",") if d.strip()]
+            lowered = {d.lower() for d in directives}
+            if lowered & {b"private", b"no-store"}:
+                return
+            kept = [d for d in directives if d.lower() != b"public"]
+            headers[index] = (name, b", ".join([b"private", *kept]))
+            return
+    headers.append((b"cache-control", b"private"))
+
+
+async def _send_unavailable(scope: Scope, send: Send, retry_after: int) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013, "reason": "session limit reached"})
+        return
+    body = b"Service unavailable: too many active sessions; retry later.\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,338 @@
+"""``HttpSession``: one browser's server-side state, with the Servlet spec's event ordering.
+
+The session talks to its manager only through the small :class:`SessionOwner` interface: it asks
+whether a value can be stored, reports that it is going away or that its timeout moved, and finds
+the listeners to notify. Everything else (stores, cookies, requests) is the manager's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Protocol
+
+from .cookies import session_ref
+from .errors import IllegalStateError
+from .listeners import (
+    HttpSessionBindingEvent,
+    HttpSessionEvent,
+    ListenerRegistry,
+    after_pending,
+    deliver,
+    deliver_to_value,
+    delivering_for,
+)
+
+_ABSENT: Any = object()
+
+
+class SessionOwner(Protocol):
+    """What a session needs from its manager."""
+
+    @property
+    def listeners(self) -> ListenerRegistry: ...
+
+    def check_value(self, name: str, value: Any) -> None:
+        """Raise ``TypeError`` if the store cannot persist ``value`` (Servlet spec: refuse it at
+        ``setAttribute``, not later at save time where the change would be lost silently)."""
+
+    def session_expiring(self, session: HttpSession, reason: str) -> None:
+        """The session is being invalidated, expired or discarded: its ID is dead from now on."""
+
+    def expiry_changed(self, session: HttpSession) -> None:
+        """The session's idle or absolute timeout moved."""
+
+
+class HttpSession(MutableMapping[str, Any]):
+    """The Servlet ``HttpSession``: attributes, timestamps, idle timeout, ``invalidate()``.
+
+    It is also a ``MutableMapping[str, Any]``; every write goes through :meth:`set_attribute` or
+    :meth:`remove_attribute`, so listeners fire either way. Two sessions are equal only if they are
+    the same object. Sessions are created by the :class:`~servletsession.SessionManager`, never
+    directly.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_absolute_timeout",
+        "_attributes",
+        "_changed_names",
+        "_creation_time",
+        "_expiring",
+        "_expiry_mark",
+        "_id",
+        "_idle_since",
+        "_in_flight",
+        "_is_new",
+        "_last_accessed_time",
+        "_listener_tail",
+        "_max_inactive_interval",
+        "_meta_changed",
+        "_owner",
+        "_previous_id",
+        "_stored",
+        "_this_accessed_time",
+        "_valid",
+    )
+
+    def __init__(
+        self,
+        owner: SessionOwner,
+        session_id: str,
+        *,
+        creation_time: float,
+        max_inactive_interval: int,
+        absolute_timeout: float | None = None,
+        attributes: dict[str, Any] | None = None,
+        last_accessed_time: float | None = None,
+        is_new: bool = True,
+    ) -> None:
+        self._owner = owner
+        self._id = session_id
+        self._creation_time = creation_time
+        self._last_accessed_time = (
+            creation_time if last_accessed_time is None else last_accessed_time
+        )
+        self._this_accessed_time = self._last_accessed_time
+        self._idle_since = self._last_accessed_time
+        self._max_inactive_interval = max_inactive_interval
+        self._absolute_timeout = absolute_timeout
+        self._attributes: dict[str, Any] = {} if attributes is None else attributes
+        self._is_new = is_new
+        self._valid = True
+        self._expiring = False
+        self._in_flight = 0
+        self._listener_tail: asyncio.Task[None] | None = None
+        self._changed_names: set[str] | None = None
+        self._meta_changed = False
+        self._stored = not is_new
+        self._previous_id: str | None = None
+        self._expiry_mark: float | None = None  # private to the store's expiry index
+
+    # --- identity and timestamps -------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session ID (``getId()``). Never log it: ``repr(session)`` shows a salted hash."""
+        self._check_valid()
+        return self._id
+
+    @property
+    def creation_time(self) -> float:
+        """When the session was created, in seconds since the epoch."""
+        self._check_valid()
+        return self._creation_time
+
+    @property
+    def last_accessed_time(self) -> float:
+        """The start of the previous request that joined this session (``getLastAccessedTime()``);
+        equal to :attr:`creation_time` during the request that created it."""
+        self._check_valid()
+        return self._last_accessed_time
+
+    @property
+    def max_inactive_interval(self) -> int:
+        """Seconds of inactivity after which the session expires; ``<= 0`` means never."""
+        self._check_valid()
+        return self._max_inactive_interval
+
+    @max_inactive_interval.setter
+    def max_inactive_interval(self, seconds: int) -> None:
+        self._check_valid()
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise TypeError(
+                f"max_inactive_interval takes whole seconds (int), got {type(seconds).__name__}"
+            )
+        self._max_inactive_interval = seconds
+        self._meta_changed = True
+        self._owner.expiry_changed(self)
+
+    @property
+    def is_new(self) -> bool:
+        """True until a request arrives carrying this session's ID (``isNew()``)."""
+        self._check_valid()
+        return self._is_new
+
+    # --- attributes --------------------------------------------------------------------------
+
+    def get_attribute(self, name: str, default: Any = None) -> Any:
+        """The attribute's value, or ``default`` when it is not set."""
+        self._check_valid()
+        return self._attributes.get(name, default)
+
+    def get_attribute_names(self) -> list[str]:
+        """The names of all attributes (a copy: safe to iterate while changing the session)."""
+        self._check_valid()
+        return list(self._attributes)
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        """Bind ``value`` under ``name``; ``None`` removes the attribute.
+
+        Order (Servlet spec, ``setAttribute``): the new value's ``value_bound`` runs before the
+        value is visible; then ``attribute_added`` — or, on replace, the old value's
+        ``value_unbound`` and then ``attribute_replaced`` with ``event.value`` the *old* value.
+        Setting the same object again fires ``attribute_replaced`` only, and marks it changed (the
+        way to save an object mutated in place to a store that serializes).
+
+        Raises ``TypeError`` at once if the store cannot persist ``value``.
+        """
+        self._check_valid()
+        if value is None:
+            self.remove_attribute(name)
+            return
+        if not isinstance(name, str):
+            raise TypeError(f"attribute names are str, got {type(name).__name__}")
+        owner = self._owner
+        owner.check_value(name, value)
+        attributes = self._attributes
+        old = attributes.get(name, _ABSENT)
+        if old is not value and hasattr(value, "value_bound"):
+            deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
+        attributes[name] = value
+        self._mark_changed(name)
+        if old is _ABSENT:
+            added = owner.listeners.methods("attribute_added")
+            if added:
+                deliver(self, added, HttpSessionBindingEvent(self, name, value))
+            return
+        if old is not value and hasattr(old, "value_unbound"):
+            deliver_to_value(self, old, "value_unbound", HttpSessionBindingEvent(self, name, old))
+        replaced = owner.listeners.methods("attribute_replaced")
+        if replaced:
+            deliver(self, replaced, HttpSessionBindingEvent(self, name, old))
+
+    def remove_attribute(self, name: str) -> None:
+        """Unbind ``name``: ``value_unbound``, then ``attribute_removed``; if absent, nothing."""
+        self._check_valid()
+        self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        value = self._attributes.pop(name, _ABSENT)
+        if value is _ABSENT:
+            return
+        self._mark_changed(name)
+        if hasattr(value, "value_unbound"):
+            deliver_to_value(
+                self, value, "value_unbound", HttpSessionBindingEvent(self, name, value)
+            )
+        removed = self._owner.listeners.methods("attribute_removed")
+        if removed:
+            deliver(self, removed, HttpSessionBindingEvent(self, name, value))
+
+    def _mark_changed(self, name: str) -> None:
+        if self._changed_names is None:
+            self._changed_names = {name}
+        else:
+            self._changed_names.add(name)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """End the session now (``invalidate()``); see :meth:`_expire` for the order of events.
+
+        Raises :class:`IllegalStateError` if the session is already invalid. Called again by one
+        of its own listeners while it is being destroyed, it does nothing.
+        """
+        if not self._valid:
+            if self._expiring:
+                return
+            raise IllegalStateError("invalidate(): the session is already invalidated")
+        self._expire("invalidated")
+
+    def _expire(self, reason: str) -> None:
+        """Destroy the session, step by step as the Servlet spec orders it (cf. Tomcat's
+        ``StandardSession.expire()``). ``reason`` is ``"invalidated"``, ``"expired"`` or
+        ``"discarded"`` (an empty new session, never stored)."""
+        if not self._valid:
+            return
+        # 1. Mark it expiring: route code now sees an invalid session, while the session's own
+        #    listeners can still read it (they run with ``delivering_for`` set to it).
+        self._valid = False
+        self._expiring = True
+        # 2. The manager forgets the ID: from this moment no lookup in this process returns it.
+        self._owner.session_expiring(self, reason)
+        # 3. ``session_destroyed``, listeners in reverse registration order, session still
+        #    readable (Servlet spec: "notified before the session is invalidated").
+        destroyed = self._owner.listeners.methods("session_destroyed")
+        if destroyed:
+            deliver(self, reversed(destroyed), HttpSessionEvent(self))
+        # 4. Unbind every attribute (value_unbound, attribute_removed), once the destroyed
+        #    listeners — async ones included — have finished reading them.
+        after_pending(self, self._unbind_all)
+
+    def _unbind_all(self) -> None:
+        for name in list(self._attributes):
+            self._remove(name)
+        self._expiring = False
+
+    def _check_valid(self) -> None:
+        if not self._valid and not (self._expiring and delivering_for.get() is self):
+            raise IllegalStateError("the session has been invalidated")
+
+    # --- the manager's side: access bookkeeping ----------------------------------------------
+
+    def _begin_access(self, now: float) -> None:
+        """A request joins the session (it arrived carrying the session's ID)."""
+        self._last_accessed_time = self._this_accessed_time
+        self._this_accessed_time = now
+        self._idle_since = now
+        self._is_new = False
+        self._in_flight += 1
+
+    def _end_access(self, now: float) -> None:
+        """A request that joined the session finished: the idle clock restarts now."""
+        self._in_flight -= 1
+        self._idle_since = now
+
+    def _expires_at(self) -> float:
+        """When the session times out if nothing touches it (``math.inf``: never)."""
+        deadline = math.inf
+        if self._max_inactive_interval > 0:
+            deadline = self._idle_since + self._max_inactive_interval
+        if self._absolute_timeout is not None:
+            deadline = min(deadline, self._creation_time + self._absolute_timeout)
+        return deadline
+
+    def _take_changes(self) -> set[str]:
+        """The attribute names set or removed since the last save, and forget them."""
+        changed = self._changed_names
+        self._changed_names = None
+        return changed if changed is not None else set()
+
+    # --- the mapping protocol ----------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        self._check_valid()
+        return self._attributes[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set_attribute(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self._check_valid()
+        if name not in self._attributes:
+            raise KeyError(name)
+        self._remove(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._check_valid()
+        return name in self._attributes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.get_attribute_names())
+
+    def __len__(self) -> int:
+        self._check_valid()
+        return len(self._attributes)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        state = "valid" if self._valid else "invalid"
+        return (
+            f"<HttpSession ref={session_ref(self._id)} {state} attributes={len(self._attributes)}>"
+        )
