@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -117,9 +117,13 @@ def make_app(
     return app
 
 
-def client(app: Any) -> httpx.AsyncClient:
-    """An httpx client speaking ASGI to ``app`` over https (the cookie is Secure)."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://testserver")
+def client(app: Any) -> httpx2.AsyncClient:
+    """An HTTP client speaking ASGI to ``app`` over https (the cookie is Secure)."""
+    return httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="https://testserver"
+    )
 
 
-ClientFactory = Callable[..., httpx.AsyncClient]
+def cookie_header(value: str, name: str = "sessionid") -> dict[str, str]:
+    """Headers that send exactly this session cookie (a client's jar is bypassed)."""
+    return {"cookie": f"{name}={value}"}

@@ -18,7 +18,7 @@ from servletsession import (
     get_session,
 )
 
-from .conftest import FakeClock, client, make_app
+from .conftest import FakeClock, client, cookie_header, make_app
 
 pytestmark = pytest.mark.anyio
 
@@ -188,9 +188,9 @@ async def test_invalidated_session_is_gone_for_later_requests(recorded: SessionM
     async with client(make_app(recorded)) as http:
         await http.post("/set/a", params={"value": "1"})
         cookie = http.cookies["sessionid"]
+        assert (await http.get("/get/a", headers=cookie_header(cookie))).json()["session"] is True
         await http.post("/invalidate")
-        http.cookies.set("sessionid", cookie, domain="testserver")
-        response = await http.get("/get/a")
+        response = await http.get("/get/a", headers=cookie_header(cookie))
     assert response.json() == {"session": False}
 
 

@@ -52,7 +52,8 @@ async def test_session_is_a_mutable_mapping_over_its_attributes(manager: Session
     session["a"] = 1
     session.update({"b": 2})
     assert dict(session) == {"a": 1, "b": 2}
-    assert len(session) == 2 and "a" in session
+    assert len(session) == 2
+    assert "a" in session
     del session["a"]
     assert list(session) == ["b"]
     with pytest.raises(KeyError):

@@ -1,0 +1,1 @@
+"""The chat demo: each browser's conversation lives in its servletsession session."""
