@@ -128,8 +128,11 @@ class ManagerSettings(BaseModel):
     max_active_sessions: int | None = None
     reaper_interval: float = 60.0
     retry_after: int = 5
+    save_mode: Literal["on_set", "on_get", "always"] = "on_set"
+    locking: Literal["none", "session"] = "none"
+    lock_timeout: float = 10.0
 
-    @field_validator("absolute_timeout", "reaper_interval")
+    @field_validator("absolute_timeout", "reaper_interval", "lock_timeout")
     @classmethod
     def _positive_seconds(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:

@@ -105,6 +105,11 @@ class RequestSession(MutableMapping[str, Any]):
             return None
         return self._cookies.deletion() if self._found else None
 
+    async def flush(self) -> None:
+        """Write the request's changes now (as the response starts, and as it ends)."""
+        for session in self._joined:
+            await self._manager.flush(session)
+
     async def finish(self) -> None:
         for session in self._joined:
             await self._manager.release(session)

@@ -28,3 +28,11 @@ class SessionLimitError(RuntimeError):
         )
         self.limit = limit
         self.retry_after = retry_after
+
+
+class StoreUnavailableError(RuntimeError):
+    """The session store could not be reached (or failed mid-operation).
+
+    The middleware answers ``503 Service Unavailable`` with ``Retry-After`` rather than hand out a
+    fresh session that would overwrite the real one once the store is back.
+    """

@@ -1,26 +1,30 @@
-"""``SessionManager``: creates, finds, renames, expires and reaps sessions; owns the listeners.
+"""``SessionManager``: creates, finds, saves, renames, expires and reaps sessions; owns listeners.
 
-It is the only thing that talks to the store. Route code reaches it through the middleware's
-request functions (``get_session`` and friends); operators and tests may use it directly.
+It is the only thing that talks to the store. Route code reaches it through the request functions
+(``get_session`` and friends); operators and tests may use it directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ManagerSettings, validated
-from .cookies import is_well_formed_id, new_session_id
-from .errors import IllegalStateError, SessionLimitError
-from .listeners import HttpSessionEvent, ListenerRegistry, deliver, settle
+from .cookies import is_well_formed_id, new_session_id, session_ref
+from .errors import IllegalStateError, SessionLimitError, StoreUnavailableError
+from .listeners import HttpSessionEvent, ListenerRegistry, deliver, deliver_to_value, settle
+from .reaper import Reaper
 from .session import HttpSession
 from .stats import SessionStats, StatsCounter
 from .stores.base import SessionStore
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 logger = logging.getLogger("servletsession")
 
@@ -31,9 +35,12 @@ _REAP_BATCH = 1000
 class SessionManager:
     """Owns every session of one app: creation, lookup, ID change, expiry, listeners, stats.
 
-    ``clock`` returns seconds since the epoch; inject one to control time in tests. The reaper
-    runs every ``reaper_interval`` seconds once started (the middleware starts it on lifespan
-    startup, or on the first request when the server sends no lifespan events).
+    ``clock`` returns seconds since the epoch; inject one to control time in tests. ``save_mode``
+    picks which attributes a request writes back (Spring Session's ``SaveMode``): ``"on_set"``
+    those set or removed, ``"on_get"`` also those read, ``"always"`` all. ``locking="session"``
+    serialises one session's requests, in this process and across processes (a lock in the
+    store, waited for up to ``lock_timeout`` seconds), for apps whose concurrent requests change
+    the same attribute; ``MemoryStore`` shares one live object instead and ignores it.
     """
 
     def __init__(
@@ -46,6 +53,10 @@ class SessionManager:
         max_active_sessions: int | None = None,
         reaper_interval: float = 60.0,
         retry_after: int = 5,
+        save_mode: Literal["on_set", "on_get", "always"] = "on_set",
+        locking: Literal["none", "session"] = "none",
+        lock_timeout: float = 10.0,
+        models: Iterable[type[BaseModel]] = (),
         clock: Clock = time.time,
     ) -> None:
         self.settings: ManagerSettings = validated(
@@ -55,12 +66,16 @@ class SessionManager:
             max_active_sessions=max_active_sessions,
             reaper_interval=reaper_interval,
             retry_after=retry_after,
+            save_mode=save_mode,
+            locking=locking,
+            lock_timeout=lock_timeout,
         )
         if store is not None and not isinstance(store, SessionStore):
             raise TypeError(
                 f"store must be a SessionStore (e.g. MemoryStore()), got {type(store).__name__}"
             )
         self.store: SessionStore = store if store is not None else MemoryStore()
+        self.store.allow_models(models)
         self.clock = clock
         self._listeners = ListenerRegistry(listeners)
         self._counter = StatsCounter()
@@ -69,8 +84,11 @@ class SessionManager:
         # Live store: its own map. Otherwise: the sessions requests of this process are using,
         # so that concurrent requests of one session share one object.
         self._live: dict[str, HttpSession] = live if live is not None else {}
-        self._reaper: asyncio.Task[None] | None = None
-        self._reaper_stopped = False
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._locks: dict[str, str] = {}  # session ID -> token of the store lock this process holds
+        self._track_reads = self.settings.save_mode == "on_get"
+        self._exclusive = self.settings.locking == "session" and not self._store_is_live
+        self._reaper = Reaper(self.reap, self.settings.reaper_interval)
 
     # --- listeners (SessionOwner) ------------------------------------------------------------
 
@@ -119,6 +137,7 @@ class SessionManager:
             absolute_timeout=settings.absolute_timeout,
         )
         session._in_flight = 1
+        session._track_reads = self._track_reads
         self._live[session_id] = session
         counter = self._counter
         counter.created += 1
@@ -131,24 +150,94 @@ class SessionManager:
     async def find(self, session_id: str) -> HttpSession | None:
         """The live session with this ID, joined by the calling request; ``None`` if there is
         none. A session found past its deadline is expired then and there (its listeners fire)
-        and ``None`` is returned: an expired session is never handed out."""
+        and ``None`` is returned: an expired session is never handed out.
+
+        Raises :class:`StoreUnavailableError` if the store cannot be reached.
+        """
         if not is_well_formed_id(session_id):
             return None
-        now = self.clock()
-        session = self._live.get(session_id)
-        if session is None and not self._store_is_live:
-            session = await self.store.load(session_id, self)
-            if session is not None:
-                self._live[session_id] = session
+        if self._exclusive:
+            session = await self._load_exclusively(session_id)
+        else:
+            session = self._live.get(session_id)
+            if session is None and not self._store_is_live:
+                session = await self._load(session_id)
         if session is None:
             self._counter.unknown_ids += 1
             return None
+        now = self.clock()
         if session._in_flight == 0 and session._expires_at() <= now:
             await self._destroy(session, "expired")
+            await self._forget(session)
             self._counter.unknown_ids += 1
             return None
         session._begin_access(now)
         return session
+
+    async def _load(self, session_id: str) -> HttpSession | None:
+        """Load from the store, once per process however many requests ask at the same time."""
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            await pending
+            return self._live.get(session_id)
+        done = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = done
+        try:
+            return await self._adopt(session_id)
+        finally:
+            del self._loading[session_id]
+            done.set_result(None)
+
+    async def _load_exclusively(self, session_id: str) -> HttpSession | None:
+        """``locking="session"``: every request, of this process or another, takes the store's
+        lock before loading, and holds it until it releases the session."""
+        token = await self._lock(session_id)
+        try:
+            session = await self._adopt(session_id)
+        except BaseException:
+            await self.store.release_lock(session_id, token)
+            raise
+        if session is None:
+            await self.store.release_lock(session_id, token)
+        else:
+            self._locks[session_id] = token
+        return session
+
+    async def _adopt(self, session_id: str) -> HttpSession | None:
+        session = await self.store.load(session_id, self, self.clock())
+        if session is not None:
+            session._track_reads = self._track_reads
+            self._live[session_id] = session
+            self._notify_values(session, "session_did_activate")
+        return session
+
+    async def _lock(self, session_id: str) -> str:
+        token = secrets.token_urlsafe(16)
+        give_up = time.monotonic() + self.settings.lock_timeout
+        ttl = self.settings.lock_timeout * 3
+        delay = 0.002
+        while not await self.store.acquire_lock(session_id, token, ttl, self.clock()):
+            if time.monotonic() >= give_up:
+                raise StoreUnavailableError(
+                    f"session {session_ref(session_id)} stayed locked by another process for "
+                    f"lock_timeout={self.settings.lock_timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return token
+
+    # --- saving ------------------------------------------------------------------------------
+
+    async def flush(self, session: HttpSession) -> None:
+        """Write what changed now, before the response goes out, so that the browser's next
+        request — on any process — sees it. A no-op for stores that keep live objects."""
+        if self._store_is_live:
+            return
+        await settle(session)
+        if not session._valid:
+            await self._delete_stored(session)
+        elif session._stored or session._attributes:
+            await self._save(session)
 
     async def release(self, session: HttpSession) -> None:
         """The calling request is done with ``session``: deliver its pending async events, then
@@ -156,27 +245,76 @@ class SessionManager:
         (empty sessions are never stored)."""
         await settle(session)
         session._end_access(self.clock())
-        if not session._valid:
-            if session._stored and not self._store_is_live:
-                await self.store.delete(session._id)
-            return
-        if session._is_new and not session._attributes and session._in_flight == 0:
-            await self._destroy(session, "discarded")
-            return
+        try:
+            if not session._valid:
+                await self._delete_stored(session)
+            elif session._is_new and not session._attributes and session._in_flight == 0:
+                await self._destroy(session, "discarded")
+            else:
+                await self._save(session)
+        finally:
+            await self._forget(session)
+
+    async def _save(self, session: HttpSession) -> None:
         changed = session._take_changes()
-        if changed or not session._stored or session._meta_changed or session._previous_id:
-            session._meta_changed = False
-            previous, session._previous_id = session._previous_id, None
+        mode = self.settings.save_mode
+        if mode == "always":
+            changed.update(session._attributes)
+        elif mode == "on_get":
+            changed.update(session._take_reads())
+        previous = session._previous_id
+        if not changed and session._stored and not session._meta_changed and previous is None:
+            return
+        try:
             if previous is not None and session._stored:
                 await self.store.rename(previous, session)
-            await self.store.save(session, changed)
-        if session._in_flight == 0 and not self._store_is_live:
-            self._live.pop(session._id, None)
+                if previous in self._locks:
+                    self._locks[session._id] = self._locks.pop(previous)
+            session._previous_id = None
+            if not self._store_is_live:
+                self._notify_values(session, "session_will_passivate")
+            if not await self.store.save(session, changed, self.clock()):
+                logger.warning(
+                    "session %r ended in another process while in use here; changes dropped",
+                    session,
+                )
+            session._meta_changed = False
+        except BaseException:
+            if session._previous_id is None:
+                session._previous_id = previous
+            for name in changed:  # keep them marked: a later flush or release writes them
+                session._mark_changed(name)
+            raise
+
+    async def _delete_stored(self, session: HttpSession) -> None:
+        if session._stored and not self._store_is_live:
+            for session_id in {session._id, session._previous_id}:
+                if session_id is not None:
+                    await self.store.delete(session_id)
+            session._stored = False
+
+    async def _forget(self, session: HttpSession) -> None:
+        """Let go of a session no request of this process uses any more (persistent stores)."""
+        if self._store_is_live or session._in_flight > 0:
+            return
+        if self._live.get(session._id) is session:
+            del self._live[session._id]
+        token = self._locks.pop(session._id, None)
+        if token is not None:
+            await self.store.release_lock(session._id, token)
+
+    def _notify_values(self, session: HttpSession, method_name: str) -> None:
+        """Activation events go to the attribute values that listen for them."""
+        event = None
+        for value in list(session._attributes.values()):
+            if hasattr(value, method_name):
+                event = event or HttpSessionEvent(session)
+                deliver_to_value(session, value, method_name, event)
 
     # --- ID change and invalidation ----------------------------------------------------------
 
     def change_session_id_now(self, session: HttpSession) -> str:
-        """Give ``session`` a new ID at once in this process; the store follows at release.
+        """Give ``session`` a new ID at once in this process; the store follows on save.
 
         Fires ``session_id_changed(event, old_session_id)``. Attributes and creation time stay.
         """
@@ -204,34 +342,49 @@ class SessionManager:
         previous, session._previous_id = session._previous_id, None
         if previous is not None and session._stored:
             await self.store.rename(previous, session)
+            if previous in self._locks:
+                self._locks[new_id] = self._locks.pop(previous)
         return new_id
 
     async def invalidate(self, session: HttpSession) -> None:
         """``session.invalidate()``, then wait for its listeners and remove it from the store."""
         session.invalidate()
         await settle(session)
-        if session._stored and not self._store_is_live:
-            await self.store.delete(session._id)
+        await self._delete_stored(session)
 
     async def _destroy(self, session: HttpSession, reason: str) -> None:
+        """Expire or discard ``session``. In a shared store the deletion is the claim: only the
+        process whose delete removed it fires the listeners."""
+        if session._stored and not self._store_is_live:
+            claimed = await self.store.delete(session._id)
+            session._stored = False
+            if not claimed:  # another process is expiring it: end it here without events
+                session._valid = False
+                if self._live.get(session._id) is session:
+                    del self._live[session._id]
+                return
         session._expire(reason)
         await settle(session)
-        if session._stored and not self._store_is_live:
-            await self.store.delete(session._id)
 
     # --- the reaper --------------------------------------------------------------------------
 
     async def reap(self) -> int:
         """One reaper tick: expire every session past its deadline; return how many.
 
-        Only sessions that are due are touched (the store indexes deadlines), and each fires
-        ``session_destroyed`` with its attributes still readable.
+        Only sessions that are due are touched (the store indexes deadlines), each is claimed by
+        exactly one process, and each fires ``session_destroyed`` with its attributes readable.
         """
         now = self.clock()
         total = 0
         while True:
-            batch = await self.store.claim_expired(now, _REAP_BATCH)
+            in_use = (
+                [sid for sid, s in self._live.items() if s._in_flight]
+                if not self._store_is_live
+                else ()
+            )
+            batch = await self.store.claim_expired(self, now, _REAP_BATCH, in_use)
             for session in batch:
+                session._owner = self
                 session._expire("expired")
                 await settle(session)
             total += len(batch)
@@ -240,37 +393,20 @@ class SessionManager:
 
     @property
     def reaper_running(self) -> bool:
-        return self._reaper is not None and not self._reaper.done()
+        return self._reaper.running
 
     def start_reaper(self) -> None:
         """Start the background reaper on the running event loop (idempotent)."""
-        if self.reaper_running:
-            return
-        self._reaper_stopped = False
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        self._reaper.start()
 
     def start_reaper_lazily(self) -> None:
         """Start the reaper unless it runs already or was stopped on purpose (shutdown)."""
-        if self._reaper is None and not self._reaper_stopped:
-            self.start_reaper()
+        if self._reaper.idle:
+            self._reaper.start()
 
     async def stop_reaper(self) -> None:
         """Stop the background reaper and wait for it to finish its tick."""
-        self._reaper_stopped = True
-        task, self._reaper = self._reaper, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _reap_forever(self) -> None:
-        interval = self.settings.reaper_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap()
-            except Exception:
-                logger.exception("session reaper tick failed; retrying in %s s", interval)
+        await self._reaper.stop()
 
     # --- operations --------------------------------------------------------------------------
 

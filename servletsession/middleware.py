@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import CookieSettings, validated
 from .context import SCOPE_KEY, RequestSession
 from .cookies import CookieCodec
-from .errors import ConfigurationError, SessionLimitError
+from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
 from .stores.base import SessionStore
 
@@ -103,33 +103,65 @@ class SessionMiddleware:
             return
 
         manager = self.manager
-        if manager._reaper is None:
+        if manager._reaper.idle:
             manager.start_reaper_lazily()
         session_id, outcome = self._cookies.read(scope["headers"])
         if session_id is None and outcome != "absent":
             manager.note_bad_cookie()
         context = RequestSession(manager, self._cookies, session_id)
         if session_id is not None:
-            await context.load()
+            try:
+                await context.load()
+            except StoreUnavailableError as exc:
+                await self._unavailable(scope, send, exc)
+                return
         scope["session"] = context
         scope[SCOPE_KEY] = context
+        writes_through = not manager._store_is_live
+        refused = False
 
-        async def send_with_session_headers(message: Message) -> None:
-            if message["type"] in _START and not context.started:
+        async def send_with_session(message: Message) -> None:
+            nonlocal refused
+            kind = message["type"]
+            if refused:
+                return  # a 503 went out instead of the app's response
+            if kind in _START and not context.started:
                 context.started = True
+                if writes_through and context._joined:
+                    try:
+                        await context.flush()
+                    except StoreUnavailableError as exc:
+                        refused = True
+                        await self._unavailable(scope, send, exc)
+                        return
                 _add_session_headers(message, context)
+            elif (
+                writes_through
+                and kind == "http.response.body"
+                and not message.get("more_body")
+                and context._joined
+            ):
+                await context.flush()  # what changed while the body streamed
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_session_headers)
+            await self.app(scope, receive, send_with_session)
         except SessionLimitError as exc:
             if context.started:
                 raise
             logger.warning("%s", exc)
-            await _send_unavailable(scope, send, exc.retry_after)
+            await _send_unavailable(scope, send, exc.retry_after, "too many active sessions")
         finally:
             if context._joined:
-                await context.finish()
+                try:
+                    await context.finish()
+                except StoreUnavailableError as exc:
+                    logger.error("session store unavailable while finishing a request: %s", exc)
+
+    async def _unavailable(self, scope: Scope, send: Send, exc: StoreUnavailableError) -> None:
+        retry_after = self.manager.settings.retry_after
+        logger.error("%s; answering 503 (Retry-After: %s)", exc, retry_after)
+        await _send_unavailable(scope, send, retry_after, "session store unavailable")
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the reaper at startup, stop it after the app's own shutdown handlers ran."""
@@ -187,11 +219,11 @@ def _make_private(headers: list[Any]) -> None:
     headers.append((b"cache-control", b"private"))
 
 
-async def _send_unavailable(scope: Scope, send: Send, retry_after: int) -> None:
+async def _send_unavailable(scope: Scope, send: Send, retry_after: int, reason: str) -> None:
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1013, "reason": "session limit reached"})
+        await send({"type": "websocket.close", "code": 1013, "reason": reason})
         return
-    body = b"Service unavailable: too many active sessions; retry later.\n"
+    body = f"Service unavailable: {reason}; retry later.\n".encode()
     await send(
         {
             "type": "http.response.start",

@@ -71,8 +71,10 @@ class HttpSession(MutableMapping[str, Any]):
         "_meta_changed",
         "_owner",
         "_previous_id",
+        "_read_names",
         "_stored",
         "_this_accessed_time",
+        "_track_reads",
         "_valid",
     )
 
@@ -105,6 +107,8 @@ class HttpSession(MutableMapping[str, Any]):
         self._in_flight = 0
         self._listener_tail: asyncio.Task[None] | None = None
         self._changed_names: set[str] | None = None
+        self._track_reads = False  # save_mode "on_get": attributes read are written back too
+        self._read_names: set[str] | None = None
         self._meta_changed = False
         self._stored = not is_new
         self._previous_id: str | None = None
@@ -159,6 +163,8 @@ class HttpSession(MutableMapping[str, Any]):
     def get_attribute(self, name: str, default: Any = None) -> Any:
         """The attribute's value, or ``default`` when it is not set."""
         self._check_valid()
+        if self._track_reads:
+            self._mark_read(name)
         return self._attributes.get(name, default)
 
     def get_attribute_names(self) -> list[str]:
@@ -219,6 +225,12 @@ class HttpSession(MutableMapping[str, Any]):
         removed = self._owner.listeners.methods("attribute_removed")
         if removed:
             deliver(self, removed, HttpSessionBindingEvent(self, name, value))
+
+    def _mark_read(self, name: str) -> None:
+        if self._read_names is None:
+            self._read_names = {name}
+        else:
+            self._read_names.add(name)
 
     def _mark_changed(self, name: str) -> None:
         if self._changed_names is None:
@@ -300,10 +312,18 @@ class HttpSession(MutableMapping[str, Any]):
         self._changed_names = None
         return changed if changed is not None else set()
 
+    def _take_reads(self) -> set[str]:
+        """The attribute names read since the last save (``save_mode="on_get"``)."""
+        read = self._read_names
+        self._read_names = None
+        return read if read is not None else set()
+
     # --- the mapping protocol ----------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Any:
         self._check_valid()
+        if self._track_reads:
+            self._mark_read(name)
         return self._attributes[name]
 
     def __setitem__(self, name: str, value: Any) -> None:

@@ -8,9 +8,10 @@ import pytest
 from starlette.applications import Starlette
 
 from servletsession import ConfigurationError, SessionManager, SessionMiddleware
-from servletsession.cookies import CookieCodec, new_session_id
+from servletsession.cookies import new_session_id
 
 from .conftest import SECRET, client, cookie_header, make_app
+from .stores.helpers import signed
 
 pytestmark = pytest.mark.anyio
 
@@ -18,11 +19,7 @@ OTHER_SECRET = "another-secret-key-that-is-also-long-enough-42"
 
 
 def signed_with(secret: str, session_id: str) -> str:
-    codec = CookieCodec(
-        secret_keys=[secret.encode()], name="sessionid", path="/", domain=None,
-        max_age=None, secure=True, http_only=True, same_site="lax",
-    )  # fmt: skip
-    return codec.set_cookie(session_id).split(b";")[0].split(b"=", 1)[1].decode()
+    return signed(session_id, secret)
 
 
 BAD_COOKIES = {

@@ -270,11 +270,11 @@ async def test_a_failing_reaper_tick_is_logged_and_retried(
     class FlakyStore(MemoryStore):
         calls = 0
 
-        async def claim_expired(self, now: float, limit: int) -> list[Any]:
+        async def claim_expired(self, *args: Any) -> list[Any]:
             FlakyStore.calls += 1
             if FlakyStore.calls == 1:
                 raise ConnectionError("store down")
-            return await super().claim_expired(now, limit)
+            return await super().claim_expired(*args)
 
     manager = SessionManager(FlakyStore(), clock=clock, reaper_interval=0.01)
     async with manager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .base import SessionStore
@@ -38,25 +39,29 @@ class MemoryStore(SessionStore):
         if session._stored:
             self._schedule(session)
 
-    async def load(self, session_id: str, owner: SessionOwner) -> HttpSession | None:
+    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
         return self._sessions.get(session_id)
 
-    async def save(self, session: HttpSession, changed_names: set[str]) -> None:
+    async def save(self, session: HttpSession, changed_names: set[str], now: float) -> bool:
         self._sessions[session._id] = session
         session._stored = True
         self._schedule(session)
+        return True
 
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
-    async def rename(self, old_id: str, session: HttpSession) -> None:
+    async def rename(self, old_id: str, session: HttpSession) -> bool:
         if self._sessions.get(old_id) is session:
             del self._sessions[old_id]
         self._sessions[session._id] = session
         session._expiry_mark = None  # the entry under the old ID is stale now
         self._schedule(session)
+        return True
 
-    async def claim_expired(self, now: float, limit: int) -> list[HttpSession]:
+    async def claim_expired(
+        self, owner: SessionOwner, now: float, limit: int, in_use: Collection[str] = ()
+    ) -> list[HttpSession]:
         heap = self._deadlines
         sessions = self._sessions
         claimed: list[HttpSession] = []

@@ -1,0 +1,365 @@
+"""``SQLStore``: sessions in SQLite (embedded) or PostgreSQL, through SQLAlchemy 2 async Core.
+
+Two tables: one row per session (metadata, indexed on its deadline and principal) and one row per
+attribute, so a request writes only the attributes it changed — concurrent requests that change
+different attributes of one session both persist. Attribute writes are upserts
+(``INSERT … ON CONFLICT DO UPDATE``), safe against concurrent inserts of the same attribute.
+
+Expired sessions are claimed with ``DELETE … RETURNING``: of several reapers (processes), exactly
+one gets each session back, and fires its ``session_destroyed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import StoreUnavailableError
+from .serializing import SerializingStore
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from ..session import HttpSession, SessionOwner
+
+logger = logging.getLogger("servletsession")
+
+MAX_NAME_LENGTH = 255
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+def _async_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{_DRIVERS.get(scheme, scheme)}{sep}{rest}"
+
+
+class SQLStore(SerializingStore):
+    """Sessions in a SQL database: ``SQLStore("sqlite+aiosqlite:///sessions.db")`` or
+    ``SQLStore("postgresql+asyncpg://user@host/db")`` (plain ``sqlite://`` and ``postgresql://``
+    URLs get those drivers). Tables are created on first use, or by ``await create_tables()``.
+    """
+
+    def __init__(
+        self,
+        url: str | AsyncEngine,
+        *,
+        models: Iterable[type[BaseModel]] = (),
+        save_period: float = 30.0,
+        table_prefix: str = "servletsession_",
+        create_tables: bool = True,
+    ) -> None:
+        super().__init__(models=models, save_period=save_period)
+        self.engine = (
+            url
+            if isinstance(url, AsyncEngine)
+            else create_async_engine(_async_url(url), pool_pre_ping=True)
+        )
+        self._is_sqlite = self.engine.dialect.name == "sqlite"
+        if self._is_sqlite:
+            _serialize_sqlite_writers(self.engine)
+        self._create = create_tables
+        self._ready = not create_tables
+        self._ready_lock = asyncio.Lock()
+        metadata = MetaData()
+        self.sessions = Table(
+            f"{table_prefix}sessions",
+            metadata,
+            Column("id", String(64), primary_key=True),
+            Column("creation_time", Double, nullable=False),
+            Column("last_access", Double, nullable=False),
+            Column("expires_at", Double, nullable=True),  # NULL: never idles out
+            Column("max_inactive_interval", Integer, nullable=False),
+            Column("absolute_timeout", Double, nullable=True),
+            Column("principal", String(255), nullable=True),
+            Column("lock_token", String(64), nullable=True),
+            Column("lock_until", Double, nullable=True),
+            Index(f"{table_prefix}sessions_expires_at", "expires_at"),
+            Index(f"{table_prefix}sessions_principal", "principal"),
+        )
+        self.attributes = Table(
+            f"{table_prefix}attributes",
+            metadata,
+            Column(
+                "session_id",
+                String(64),
+                ForeignKey(self.sessions.c.id, ondelete="CASCADE", onupdate="CASCADE"),
+                primary_key=True,
+            ),
+            Column("name", String(MAX_NAME_LENGTH), primary_key=True),
+            Column("value", Text, nullable=False),
+        )
+        self.metadata = metadata
+        insert = (sqlite if self._is_sqlite else postgresql).insert
+        upsert = insert(self.attributes)
+        self._upsert = upsert.on_conflict_do_update(
+            index_elements=[self.attributes.c.session_id, self.attributes.c.name],
+            set_={"value": upsert.excluded.value},
+        )
+
+    def check_value(self, name: str, value: Any) -> None:
+        if len(name) > MAX_NAME_LENGTH:
+            raise TypeError(
+                f"attribute name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+            )
+        super().check_value(name, value)
+
+    async def create_tables(self) -> None:
+        """Create the two tables and their indexes if they do not exist."""
+        async with self._transaction(prepare=False) as conn:
+            await conn.run_sync(self.metadata.create_all)
+        self._ready = True
+
+    # --- the contract ------------------------------------------------------------------------
+
+    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
+        s, a = self.sessions.c, self.attributes.c
+        query = (
+            select(s.creation_time, s.last_access, s.expires_at, s.max_inactive_interval,
+                   s.absolute_timeout, a.name, a.value)
+            .select_from(self.sessions.outerjoin(self.attributes, a.session_id == s.id))
+            .where(s.id == session_id)
+        )  # fmt: skip
+        async with self._transaction() as conn:
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                return None
+            first = rows[0]
+            expires_at = math.inf if first.expires_at is None else first.expires_at
+            if expires_at > now and now - first.last_access >= self.save_period:
+                deadline = self.deadline(
+                    first.max_inactive_interval, first.absolute_timeout, first.creation_time, now
+                )
+                await conn.execute(
+                    update(self.sessions)
+                    .where(s.id == session_id)
+                    .values(last_access=now, expires_at=_column(deadline))
+                )
+        session = self.rebuild(
+            owner,
+            session_id,
+            creation_time=first.creation_time,
+            last_access=first.last_access,
+            expires_at=expires_at,
+            max_inactive_interval=first.max_inactive_interval,
+            absolute_timeout=first.absolute_timeout,
+            attributes={row.name: row.value for row in rows if row.name is not None},
+        )
+        if session is None:
+            await self.delete(session_id)
+        return session
+
+    async def save(self, session: HttpSession, changed_names: set[str], now: float) -> bool:
+        deadline = _column(self.session_deadline(session, now))
+        s, a = self.sessions.c, self.attributes.c
+        session_id = session._id
+        async with self._transaction() as conn:
+            if not session._stored:
+                written, _ = self.encode_changes(session, session._attributes)
+                await conn.execute(
+                    self.sessions.insert().values(
+                        id=session_id,
+                        creation_time=session._creation_time,
+                        last_access=session._this_accessed_time,
+                        expires_at=deadline,
+                        max_inactive_interval=session._max_inactive_interval,
+                        absolute_timeout=session._absolute_timeout,
+                    )
+                )
+                removed: list[str] = []
+            else:
+                written, removed = self.encode_changes(session, changed_names)
+                result = await conn.execute(
+                    update(self.sessions)
+                    .where(s.id == session_id)
+                    .values(
+                        last_access=session._this_accessed_time,
+                        expires_at=deadline,
+                        max_inactive_interval=session._max_inactive_interval,
+                        absolute_timeout=session._absolute_timeout,
+                    )
+                )
+                if result.rowcount == 0:
+                    return False
+            if written:
+                rows = [
+                    {"session_id": session_id, "name": n, "value": v.decode()}
+                    for n, v in written.items()
+                ]
+                await conn.execute(self._upsert, rows)
+            if removed:
+                await conn.execute(
+                    delete(self.attributes).where(a.session_id == session_id, a.name.in_(removed))
+                )
+        session._stored = True
+        return True
+
+    async def delete(self, session_id: str) -> bool:
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                delete(self.sessions).where(self.sessions.c.id == session_id)
+            )
+        return bool(result.rowcount == 1)
+
+    async def rename(self, old_id: str, session: HttpSession) -> bool:
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                update(self.sessions).where(self.sessions.c.id == old_id).values(id=session._id)
+            )
+        return bool(result.rowcount == 1)
+
+    async def claim_expired(
+        self, owner: SessionOwner, now: float, limit: int, in_use: Collection[str] = ()
+    ) -> list[HttpSession]:
+        s, a = self.sessions.c, self.attributes.c
+        due = select(s.id).where(s.expires_at <= now).order_by(s.expires_at).limit(limit)
+        if in_use:
+            due = due.where(s.id.not_in(list(in_use)))
+        async with self._transaction() as conn:
+            ids = list((await conn.execute(due.with_for_update(skip_locked=True))).scalars())
+            if not ids:
+                return []
+            attributes: dict[str, dict[str, str]] = {}
+            attribute_rows = select(a.session_id, a.name, a.value).where(a.session_id.in_(ids))
+            for name_row in await conn.execute(attribute_rows):
+                attributes.setdefault(name_row.session_id, {})[name_row.name] = name_row.value
+            claimed = (
+                await conn.execute(
+                    delete(self.sessions)
+                    .where(s.id.in_(ids), s.expires_at <= now)
+                    .returning(
+                        s.id,
+                        s.creation_time,
+                        s.last_access,
+                        s.expires_at,
+                        s.max_inactive_interval,
+                        s.absolute_timeout,
+                    )
+                )
+            ).all()
+        sessions = []
+        for row in claimed:
+            session = self.rebuild(
+                owner,
+                row.id,
+                creation_time=row.creation_time,
+                last_access=row.last_access,
+                expires_at=row.expires_at,
+                max_inactive_interval=row.max_inactive_interval,
+                absolute_timeout=row.absolute_timeout,
+                attributes=attributes.get(row.id, {}),
+                strict=False,
+            )
+            if session is not None:
+                session._stored = True
+                sessions.append(session)
+        return sessions
+
+    async def count(self) -> int:
+        async with self._transaction() as conn:
+            return int(
+                (await conn.execute(select(func.count()).select_from(self.sessions))).scalar_one()
+            )
+
+    async def acquire_lock(self, session_id: str, token: str, ttl: float, now: float) -> bool:
+        s = self.sessions.c
+        async with self._transaction() as conn:
+            taken = await conn.execute(
+                update(self.sessions)
+                .where(s.id == session_id, (s.lock_token.is_(None)) | (s.lock_until < now))
+                .values(lock_token=token, lock_until=now + ttl)
+            )
+            if taken.rowcount == 1:
+                return True
+            exists = (await conn.execute(select(s.id).where(s.id == session_id))).first()
+        return exists is None  # nothing stored under that ID: nothing to wait for
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        s = self.sessions.c
+        async with self._transaction() as conn:
+            await conn.execute(
+                update(self.sessions)
+                .where(s.id == session_id, s.lock_token == token)
+                .values(lock_token=None, lock_until=None)
+            )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, prepare: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A transaction; connection failures become ``StoreUnavailableError``."""
+        if prepare and not self._ready:
+            async with self._ready_lock:
+                if not self._ready:
+                    await self.create_tables()
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            raise StoreUnavailableError(f"SQL session store unavailable: {_reason(exc)}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailableError(
+                    f"SQL session store unavailable: {_reason(exc)}"
+                ) from exc
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SQLStore {self.engine.url.render_as_string(hide_password=True)}>"
+
+
+def _column(deadline: float) -> float | None:
+    return None if math.isinf(deadline) else deadline
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}"
+
+
+def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+    """SQLite: foreign keys on, WAL, and ``BEGIN IMMEDIATE`` so that concurrent writers queue
+    (busy timeout) instead of failing when two transactions both try to upgrade to writing."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
