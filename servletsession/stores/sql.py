@@ -132,9 +132,20 @@ class SQLStore(SerializingStore):
         super().check_value(name, value)
 
     async def create_tables(self) -> None:
-        """Create the two tables and their indexes if they do not exist."""
-        async with self._transaction(prepare=False) as conn:
-            await conn.run_sync(self.metadata.create_all)
+        """Create the two tables and their indexes if they do not exist.
+
+        Safe when several workers start at once: if another process creates them between our
+        check and our ``CREATE``, the check is simply made again.
+        """
+        for attempt in range(3):
+            try:
+                async with self._transaction(prepare=False) as conn:
+                    await conn.run_sync(self.metadata.create_all)
+                break
+            except DBAPIError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         self._ready = True
 
     # --- the contract ------------------------------------------------------------------------

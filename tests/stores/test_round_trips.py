@@ -1,0 +1,120 @@
+"""Round trips per request, counted on the wire (Redis) and per statement (SQL): no store call
+that is not needed. These are the guards behind the benchmark targets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from sqlalchemy import event
+
+from servletsession import SessionManager
+from servletsession.stores.redis import RedisStore
+from servletsession.stores.sql import SQLStore
+
+from ..conftest import FakeClock, make_app
+from .conftest import REDIS_URL, StoreFactory, require, stores
+from .helpers import Browser
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingConnection(Connection):
+    """A real redis-py connection that counts what it sends: one send is one round trip."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+async def counted_redis() -> AsyncIterator[RedisStore]:
+    await require("redis")
+    pool = aioredis.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection)
+    store = RedisStore(aioredis.Redis(connection_pool=pool), prefix="sstest:trips:", save_period=30)
+    yield store
+    keys = [key async for key in store.client.scan_iter(match="sstest:trips:*")]
+    if keys:
+        await store.client.delete(*keys)
+    await store.close()
+
+
+async def trips(browser: Browser, app: Any, method: str, path: str, **options: Any) -> int:
+    before = CountingConnection.sent
+    response = await browser.request(app, method, path, **options)
+    assert response.status_code == 200
+    return CountingConnection.sent - before
+
+
+async def test_redis_read_only_request_costs_one_round_trip(
+    counted_redis: RedisStore, clock: FakeClock
+) -> None:
+    app = make_app(SessionManager(counted_redis, clock=clock))
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    await browser.get(app, "/get/a")  # scripts are loaded into Redis once, on first use
+    assert await trips(browser, app, "GET", "/get/a") == 1
+    clock.advance(31)  # past save_period: the touch rides on the same round trip
+    assert await trips(browser, app, "GET", "/get/a") == 1
+    await browser.close()
+
+
+async def test_redis_writing_request_costs_two_round_trips(
+    counted_redis: RedisStore, clock: FakeClock
+) -> None:
+    app = make_app(SessionManager(counted_redis, clock=clock))
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    await browser.post(app, "/set/b", params={"value": "2"})
+    assert await trips(browser, app, "POST", "/set/c", params={"value": "3"}) == 2
+    await browser.close()
+
+
+async def test_redis_new_session_costs_one_round_trip(
+    counted_redis: RedisStore, clock: FakeClock
+) -> None:
+    app = make_app(SessionManager(counted_redis, clock=clock))
+    first = Browser()
+    await first.post(app, "/set/a", params={"value": "1"})  # loads the scripts
+    fresh = Browser()
+    assert await trips(fresh, app, "POST", "/set/a", params={"value": "1"}) == 1
+    await first.close()
+    await fresh.close()
+
+
+async def test_redis_request_without_a_session_costs_nothing(
+    counted_redis: RedisStore, clock: FakeClock
+) -> None:
+    app = make_app(SessionManager(counted_redis, clock=clock))
+    browser = Browser()
+    assert await trips(browser, app, "GET", "/untouched") == 0
+    assert await trips(browser, app, "GET", "/info") == 0
+    await browser.close()
+
+
+@stores("sqlite", "postgresql")
+async def test_sql_statements_per_request(store_factory: StoreFactory, clock: FakeClock) -> None:
+    store = store_factory(save_period=30)
+    assert isinstance(store, SQLStore)
+    statements: list[str] = []
+
+    @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.split()[0].upper() in {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            statements.append(statement.split()[0].upper())
+
+    app = make_app(SessionManager(store, clock=clock))
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    statements.clear()
+    await browser.get(app, "/get/a")
+    assert statements == ["SELECT"]  # read-only, touch throttled: one query
+    statements.clear()
+    await browser.post(app, "/set/b", params={"value": "2"})
+    assert statements == ["SELECT", "UPDATE", "INSERT"]  # load, metadata, the one attribute
+    await browser.close()
