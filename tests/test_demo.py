@@ -71,3 +71,19 @@ def test_bot_recalls_what_was_said() -> None:
     prompt.add("assistant", "ok")
     prompt.add("user", "what did I say?")
     assert reply(prompt) == 'Earlier you said: "the sky is green".'
+
+
+async def test_conversation_moves_between_workers_on_a_shared_store(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    one = create_app(token_delay=0, secret_key=SECRET, store_url=url)
+    two = create_app(token_delay=0, secret_key=SECRET, store_url=url)
+    async with client(one) as first, client(two) as second:
+        await first.post("/api/chat", json={"message": "my name is linus"})
+        second.cookies = first.cookies
+        answer = await second.post("/api/chat", json={"message": "who am i"})
+        history = (await first.get("/api/history")).json()
+    assert answer.text.startswith("You are Linus")
+    assert len(history["turns"]) == 4
+    assert history["turns"][3]["content"] == answer.text
+    for app in (one, two):
+        await app.state.session_manager.close()

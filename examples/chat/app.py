@@ -1,9 +1,11 @@
 """The chat web app: one page, a streaming reply endpoint, the conversation in the session.
 
 Run it with ``python -m examples.chat`` (see the README). Environment variables:
-``CHAT_SECRET_KEY`` (default: a random key per start), ``CHAT_IDLE_TIMEOUT`` (seconds, default
-1800), ``CHAT_REAPER_INTERVAL`` (seconds, default 60), ``CHAT_TOKEN_DELAY`` (seconds between
-streamed words, default 0.02).
+``CHAT_SECRET_KEY`` (default: a random key per start; set it when running several workers),
+``CHAT_STORE_URL`` (default ``memory://``; e.g. ``redis://127.0.0.1:6379/0`` or
+``sqlite:///chat.db`` to share conversations between workers), ``CHAT_IDLE_TIMEOUT`` (seconds,
+default 1800), ``CHAT_REAPER_INTERVAL`` (seconds, default 60), ``CHAT_TOKEN_DELAY`` (seconds
+between streamed words, default 0.02).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from servletsession import (
     SessionMiddleware,
     get_session,
 )
+from servletsession.stores import store_from_url
 
 from .bot import reply, stream_words
 from .models import ChatPrompt
@@ -77,6 +80,8 @@ async def chat(request: Request) -> Response:
             answer.content += word  # the live object in the session grows as we stream
             yield word
             await asyncio.sleep(delay)
+        # Set it again once complete: a store that serializes (SQL, Redis) writes what was set.
+        session.set_attribute(HISTORY, prompt)
 
     return StreamingResponse(tokens(), media_type="text/plain; charset=utf-8")
 
@@ -118,9 +123,12 @@ def create_app(
     reaper_interval: float | None = None,
     secure: bool = True,
     token_delay: float | None = None,
+    store_url: str | None = None,
 ) -> Starlette:
     """Build the demo app; arguments default to the environment variables above."""
+    url = store_url or os.environ.get("CHAT_STORE_URL", "memory://")
     manager = SessionManager(
+        store_from_url(url, models=[ChatPrompt]) if url != "memory://" else None,
         listeners=[SessionLog()],
         max_inactive_interval=max_inactive_interval
         or int(os.environ.get("CHAT_IDLE_TIMEOUT", "1800")),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from servletsession import HttpSessionEvent, SessionManager, get_session
@@ -366,3 +366,49 @@ async def stored_attribute(make: StoreFactory, clock: FakeClock, session_id: str
     value = session.get_attribute(name)
     await manager.release(session)
     return value
+
+
+@stores()
+async def test_changes_made_while_streaming_are_saved_before_the_final_chunk(
+    store_factory: StoreFactory, clock: FakeClock, browser: Browser
+) -> None:
+    async def stream(request: Request) -> Response:
+        session = get_session(request)
+        assert session is not None
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first "
+            session.set_attribute("late", "kept")
+            yield b"last"
+
+        return StreamingResponse(body())
+
+    manager = SessionManager(store_factory(), clock=clock)
+    app = make_app(manager, [*ROUTES, Route("/stream", stream)])
+    await browser.post(app, "/set/seed", params={"value": "1"})
+    seen_at_final_chunk: list[Any] = []
+
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:  # the request body once; then, like a server, wait for a disconnect
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            value = await stored_attribute(store_factory, clock, browser.session_id, "late")
+            seen_at_final_chunk.append(value)
+
+    cookie = f"sessionid={browser.cookie}".encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "https", "path": "/stream", "raw_path": b"/stream", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"testserver"), (b"cookie", cookie)],
+        "client": ("127.0.0.1", 1), "server": ("testserver", 443),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    assert seen_at_final_chunk == ["kept"]
