@@ -412,3 +412,43 @@ async def test_changes_made_while_streaming_are_saved_before_the_final_chunk(
     }  # fmt: skip
     await app(scope, receive, send)
     assert seen_at_final_chunk == ["kept"]
+
+
+@stores(*SHARED_KINDS)
+async def test_concurrent_inserts_of_the_same_new_attribute_do_not_fail(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    setup = SessionManager(store_factory(), clock=clock)
+    stored = setup.create_session()
+    stored["seed"] = 1
+    await setup.release(stored)
+    managers = [SessionManager(store_factory(), clock=clock) for _ in range(4)]
+    loaded = [await m.find(stored.id) for m in managers]
+    for index, session in enumerate(loaded):
+        assert session is not None
+        session["same"] = index
+    await asyncio.gather(*(m.release(s) for m, s in zip(managers, loaded, strict=True) if s))
+    assert await stored_attribute(store_factory, clock, stored.id, "same") in range(4)
+
+
+@stores("redis")
+async def test_redis_layout_hash_tag_ttl_and_deadline_index(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    from servletsession.stores.redis import RedisStore
+
+    store = store_factory(save_period=10, ttl_grace=100)
+    assert isinstance(store, RedisStore)
+    manager = SessionManager(store, clock=clock, max_inactive_interval=60)
+    session = manager.create_session()
+    session["a"] = "x"
+    await manager.release(session)
+    key = store.key(session.id)
+    assert key == f"{store.prefix}{{{session.id}}}"  # the hash tag: one Cluster slot per session
+    fields = await store.client.hgetall(key)
+    assert fields[b"a:a"] == b'["j","x"]'
+    assert {b"#c", b"#l", b"#e", b"#i", b"#a"} <= set(fields)
+    ttl = await store.client.pttl(key)
+    assert (60 + 10 + 100) * 1000 - 2000 < ttl <= (60 + 10 + 100) * 1000  # deadline + grace
+    score = await store.client.zscore(f"{store.prefix}expiries", session.id)
+    assert score == pytest.approx(clock.now + 60 + 10)
