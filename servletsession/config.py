@@ -128,6 +128,9 @@ class ManagerSettings(BaseModel):
     max_active_sessions: int | None = None
     reaper_interval: float = 60.0
     retry_after: int = 5
+    max_active_policy: Literal["reject", "evict_lru"] = "reject"
+    max_sessions_per_principal: int | None = None
+    per_principal_policy: Literal["reject", "evict_oldest"] = "reject"
     save_mode: Literal["on_set", "on_get", "always"] = "on_set"
     locking: Literal["none", "session"] = "none"
     lock_timeout: float = 10.0
@@ -139,7 +142,7 @@ class ManagerSettings(BaseModel):
             raise ValueError("must be a positive number of seconds")
         return value
 
-    @field_validator("max_active_sessions", "retry_after")
+    @field_validator("max_active_sessions", "max_sessions_per_principal", "retry_after")
     @classmethod
     def _positive_count(cls, value: int | None) -> int | None:
         if value is not None and value <= 0:

@@ -16,14 +16,16 @@ class ConfigurationError(ValueError):
 
 
 class SessionLimitError(RuntimeError):
-    """A new session was refused because ``max_active_sessions`` is reached (policy ``reject``).
+    """A session was refused by a limit: ``max_active_sessions`` or ``max_sessions_per_principal``
+    reached, with policy ``"reject"``.
 
     The middleware answers the request with ``503 Service Unavailable`` and ``Retry-After``.
     """
 
-    def __init__(self, limit: int, retry_after: int) -> None:
+    def __init__(self, limit: int, retry_after: int, message: str | None = None) -> None:
         super().__init__(
-            f"max_active_sessions={limit} reached; a new session was refused "
+            message
+            or f"max_active_sessions={limit} reached; a new session was refused "
             f"(raise the limit, lower max_inactive_interval, or use policy 'evict_lru')"
         )
         self.limit = limit

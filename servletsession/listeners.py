@@ -103,6 +103,30 @@ class HttpSessionActivationListener(Protocol):
     def session_did_activate(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
 
 
+class CookieRejectedEvent:
+    """A session cookie was refused: ``reason`` is ``"malformed"``, ``"duplicate"`` (cookie
+    tossing), ``"bad_signature"`` or ``"unknown_id"``; ``client`` is the peer address the server
+    reported (behind a proxy, the proxy's unless the server resolves forwarded headers). The
+    cookie's value is never included."""
+
+    __slots__ = ("client", "path", "reason")
+
+    def __init__(self, reason: str, scope: Any) -> None:
+        self.reason = reason
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None
+        self.path: str = scope.get("path", "")
+
+    def __repr__(self) -> str:
+        return f"CookieRejectedEvent({self.reason!r}, client={self.client!r}, path={self.path!r})"
+
+
+class SessionCookieListener(Protocol):
+    """Told about every refused session cookie: a hook for intrusion detection (ASVS v5 7.x)."""
+
+    def cookie_rejected(self, event: CookieRejectedEvent) -> MaybeAwaitable: ...
+
+
 #: Methods a listener registered on the manager may implement.
 MANAGER_EVENTS = (
     "session_created",
@@ -111,6 +135,7 @@ MANAGER_EVENTS = (
     "attribute_removed",
     "attribute_replaced",
     "session_id_changed",
+    "cookie_rejected",
 )
 
 Method = Callable[..., Any]
@@ -157,6 +182,28 @@ def deliver(session: HttpSession, methods: Iterable[Method], *args: Any) -> None
                 _chain(session, _guarded(session, method, result))
         finally:
             delivering_for.reset(token)
+
+
+def notify(methods: Iterable[Method], event: object, tasks: set[asyncio.Task[Any]]) -> None:
+    """Deliver an event that belongs to no session: sync methods inline, async ones as tasks
+    (kept in ``tasks`` until done). Failures are logged and skipped as for session events."""
+    for method in methods:
+        try:
+            result = method(event)
+        except Exception:
+            logger.exception("listener %s raised; skipped", getattr(method, "__qualname__", method))
+            continue
+        if result is not None and inspect.isawaitable(result):
+            task = asyncio.get_running_loop().create_task(_logged(method, result))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
+async def _logged(method: Method, awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("listener %s raised; skipped", getattr(method, "__qualname__", method))
 
 
 def deliver_to_value(session: HttpSession, value: Any, method_name: str, *args: Any) -> None:

@@ -10,13 +10,22 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ManagerSettings, validated
 from .cookies import is_well_formed_id, new_session_id, session_ref
-from .errors import IllegalStateError, SessionLimitError, StoreUnavailableError
-from .listeners import HttpSessionEvent, ListenerRegistry, deliver, deliver_to_value, settle
+from .errors import IllegalStateError, StoreUnavailableError
+from .limits import SessionLimits
+from .listeners import (
+    CookieRejectedEvent,
+    HttpSessionEvent,
+    ListenerRegistry,
+    deliver,
+    deliver_to_value,
+    notify,
+    settle,
+)
 from .reaper import Reaper
 from .session import HttpSession
 from .stats import SessionStats, StatsCounter
@@ -51,6 +60,9 @@ class SessionManager:
         max_inactive_interval: int = 1800,
         absolute_timeout: float | None = None,
         max_active_sessions: int | None = None,
+        max_active_policy: Literal["reject", "evict_lru"] = "reject",
+        max_sessions_per_principal: int | None = None,
+        per_principal_policy: Literal["reject", "evict_oldest"] = "reject",
         reaper_interval: float = 60.0,
         retry_after: int = 5,
         save_mode: Literal["on_set", "on_get", "always"] = "on_set",
@@ -64,6 +76,9 @@ class SessionManager:
             max_inactive_interval=max_inactive_interval,
             absolute_timeout=absolute_timeout,
             max_active_sessions=max_active_sessions,
+            max_active_policy=max_active_policy,
+            max_sessions_per_principal=max_sessions_per_principal,
+            per_principal_policy=per_principal_policy,
             reaper_interval=reaper_interval,
             retry_after=retry_after,
             save_mode=save_mode,
@@ -89,6 +104,8 @@ class SessionManager:
         self._track_reads = self.settings.save_mode == "on_get"
         self._exclusive = self.settings.locking == "session" and not self._store_is_live
         self._reaper = Reaper(self.reap, self.settings.reaper_interval)
+        self._limits = SessionLimits(self)
+        self._hook_tasks: set[asyncio.Task[Any]] = set()
 
     # --- listeners (SessionOwner) ------------------------------------------------------------
 
@@ -109,6 +126,9 @@ class SessionManager:
     def expiry_changed(self, session: HttpSession) -> None:
         self.store.expiry_changed(session)
 
+    def principal_changing(self, session: HttpSession, new: str | None) -> None:
+        self.store.principal_changing(session, new)
+
     def session_expiring(self, session: HttpSession, reason: str) -> None:
         if self._live.get(session._id) is session:
             del self._live[session._id]
@@ -122,10 +142,7 @@ class SessionManager:
         Raises :class:`SessionLimitError` when ``max_active_sessions`` is reached.
         """
         settings = self.settings
-        limit = settings.max_active_sessions
-        if limit is not None and len(self._live) >= limit:
-            self._counter.rejected += 1
-            raise SessionLimitError(limit, settings.retry_after)
+        self._limits.check_create()
         session_id = new_session_id()
         while session_id in self._live:  # 256 random bits: never, but a guarantee is cheap
             session_id = new_session_id()
@@ -139,9 +156,10 @@ class SessionManager:
         session._in_flight = 1
         session._track_reads = self._track_reads
         self._live[session_id] = session
+        self._limits.created()
         counter = self._counter
         counter.created += 1
-        counter.max_active = max(counter.max_active, len(self._live))
+        counter.max_active = max(counter.max_active, self._limits.active)
         created = self._listeners.methods("session_created")
         if created:
             deliver(session, created, HttpSessionEvent(session))
@@ -163,13 +181,11 @@ class SessionManager:
             if session is None and not self._store_is_live:
                 session = await self._load(session_id)
         if session is None:
-            self._counter.unknown_ids += 1
             return None
         now = self.clock()
         if session._in_flight == 0 and session._expires_at() <= now:
             await self._destroy(session, "expired")
             await self._forget(session)
-            self._counter.unknown_ids += 1
             return None
         session._begin_access(now)
         return session
@@ -230,7 +246,9 @@ class SessionManager:
 
     async def flush(self, session: HttpSession) -> None:
         """Write what changed now, before the response goes out, so that the browser's next
-        request — on any process — sees it. A no-op for stores that keep live objects."""
+        request — on any process — sees it; limits decided at save time are applied here."""
+        if session._valid:
+            await self._limits.enforce(session)
         if self._store_is_live:
             return
         await settle(session)
@@ -251,6 +269,7 @@ class SessionManager:
             elif session._is_new and not session._attributes and session._in_flight == 0:
                 await self._destroy(session, "discarded")
             else:
+                await self._limits.enforce(session)
                 await self._save(session)
         finally:
             await self._forget(session)
@@ -279,6 +298,7 @@ class SessionManager:
                     session,
                 )
             session._meta_changed = False
+            session._principal_changed = False
         except BaseException:
             if session._previous_id is None:
                 session._previous_id = previous
@@ -352,6 +372,15 @@ class SessionManager:
         await settle(session)
         await self._delete_stored(session)
 
+    async def _end(self, session: HttpSession, reason: str) -> None:
+        """End ``session`` whether a request of this process holds it or it was just loaded."""
+        if self._store_is_live or self._live.get(session._id) is session:
+            session._expire(reason)
+            await settle(session)
+            await self._delete_stored(session)
+        else:
+            await self._destroy(session, reason)
+
     async def _destroy(self, session: HttpSession, reason: str) -> None:
         """Expire or discard ``session``. In a shared store the deletion is the claim: only the
         process whose delete removed it fires the listeners."""
@@ -365,6 +394,36 @@ class SessionManager:
                 return
         session._expire(reason)
         await settle(session)
+
+    # --- principals ------------------------------------------------------------------------
+
+    async def sessions_of(self, principal: str) -> list[HttpSession]:
+        """The live sessions bound to ``principal`` (``session.principal``), on every store.
+
+        Sessions a request of this process is using are those very objects; the others are
+        read from the store without counting as an access.
+        """
+        now = self.clock()
+        found = []
+        for session_id in await self.store.sessions_of(principal, now):
+            session = self._live.get(session_id)
+            if session is None:
+                session = await self.store.load(session_id, self, now, touch=False)
+            if session is not None and session._valid and session._principal == principal:
+                found.append(session)
+        return found
+
+    async def invalidate_all(self, principal: str, keep: HttpSession | str | None = None) -> int:
+        """Invalidate every session of ``principal`` except ``keep`` (a session or its ID): log
+        out everywhere, or everywhere else after a password change. Returns how many ended;
+        each fires ``session_destroyed`` once."""
+        keep_id = keep._id if isinstance(keep, HttpSession) else keep
+        ended = 0
+        for session in await self.sessions_of(principal):
+            if session._id != keep_id and session._valid:
+                await self._end(session, "invalidated")
+                ended += 1
+        return ended
 
     # --- the reaper --------------------------------------------------------------------------
 
@@ -414,8 +473,26 @@ class SessionManager:
         """Counters since the manager started, and the number of sessions held now."""
         return self._counter.snapshot(await self.store.count())
 
-    def note_bad_cookie(self) -> None:
-        self._counter.bad_cookies += 1
+    async def before_request(self) -> None:
+        """Refresh what a request may need decided synchronously (a shared store's count)."""
+        await self._limits.refresh()
+
+    def cookie_rejected(self, reason: str, scope: MutableMapping[str, Any]) -> None:
+        """Count a refused session cookie and tell the ``cookie_rejected`` listeners.
+
+        ``reason``: ``"malformed"``, ``"duplicate"`` (cookie tossing), ``"bad_signature"`` or
+        ``"unknown_id"`` (signed, but no live session: expired, invalidated, replayed).
+        """
+        counter = self._counter
+        if reason == "bad_signature":
+            counter.bad_signatures += 1
+        elif reason == "unknown_id":
+            counter.unknown_ids += 1
+        else:
+            counter.malformed_cookies += 1
+        hooks = self._listeners.methods("cookie_rejected")
+        if hooks:
+            notify(hooks, CookieRejectedEvent(reason, scope), self._hook_tasks)
 
     async def close(self) -> None:
         """Stop the reaper and close the store."""

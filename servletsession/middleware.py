@@ -81,6 +81,7 @@ class SessionMiddleware:
             manager = SessionManager(**options)
         self.app = app
         self.manager = manager
+        self._limited = manager.settings.max_active_sessions is not None
         self.settings = settings
         self._cookies = CookieCodec(
             secret_keys=settings.secret_keys(),
@@ -107,14 +108,18 @@ class SessionMiddleware:
             manager.start_reaper_lazily()
         session_id, outcome = self._cookies.read(scope["headers"])
         if session_id is None and outcome != "absent":
-            manager.note_bad_cookie()
+            manager.cookie_rejected(outcome, scope)
         context = RequestSession(manager, self._cookies, session_id)
-        if session_id is not None:
-            try:
+        try:
+            if self._limited:
+                await manager.before_request()
+            if session_id is not None:
                 await context.load()
-            except StoreUnavailableError as exc:
-                await self._unavailable(scope, send, exc)
-                return
+                if context._session is None:
+                    manager.cookie_rejected("unknown_id", scope)
+        except StoreUnavailableError as exc:
+            await self._unavailable(scope, send, exc)
+            return
         scope["session"] = context
         scope[SCOPE_KEY] = context
         writes_through = not manager._store_is_live
@@ -127,12 +132,19 @@ class SessionMiddleware:
                 return  # a 503 went out instead of the app's response
             if kind in _START and not context.started:
                 context.started = True
-                if writes_through and context._joined:
+                if context._joined:
                     try:
                         await context.flush()
                     except StoreUnavailableError as exc:
                         refused = True
                         await self._unavailable(scope, send, exc)
+                        return
+                    except SessionLimitError as exc:
+                        refused = True
+                        logger.warning("%s", exc)
+                        await _send_unavailable(
+                            scope, send, exc.retry_after, "session limit reached"
+                        )
                         return
                 _add_session_headers(message, context)
             elif (

@@ -43,6 +43,9 @@ class SessionOwner(Protocol):
     def expiry_changed(self, session: HttpSession) -> None:
         """The session's idle or absolute timeout moved."""
 
+    def principal_changing(self, session: HttpSession, new: str | None) -> None:
+        """The session is about to be bound to ``new`` (or unbound)."""
+
 
 class HttpSession(MutableMapping[str, Any]):
     """The Servlet ``HttpSession``: attributes, timestamps, idle timeout, ``invalidate()``.
@@ -71,6 +74,8 @@ class HttpSession(MutableMapping[str, Any]):
         "_meta_changed",
         "_owner",
         "_previous_id",
+        "_principal",
+        "_principal_changed",
         "_read_names",
         "_stored",
         "_this_accessed_time",
@@ -112,6 +117,8 @@ class HttpSession(MutableMapping[str, Any]):
         self._meta_changed = False
         self._stored = not is_new
         self._previous_id: str | None = None
+        self._principal: str | None = None
+        self._principal_changed = False
         self._expiry_mark: float | None = None  # private to the store's expiry index
 
     # --- identity and timestamps -------------------------------------------------------------
@@ -151,6 +158,46 @@ class HttpSession(MutableMapping[str, Any]):
         self._max_inactive_interval = seconds
         self._meta_changed = True
         self._owner.expiry_changed(self)
+
+    @property
+    def absolute_timeout(self) -> float | None:
+        """Seconds after creation at which the session ends however busy (``None``: no limit);
+        the manager's ``absolute_timeout`` unless set for this session."""
+        self._check_valid()
+        return self._absolute_timeout
+
+    @absolute_timeout.setter
+    def absolute_timeout(self, seconds: float | None) -> None:
+        self._check_valid()
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0
+        ):
+            raise ValueError(f"absolute_timeout takes positive seconds or None, got {seconds!r}")
+        self._absolute_timeout = seconds
+        self._meta_changed = True
+        self._owner.expiry_changed(self)
+
+    @property
+    def principal(self) -> str | None:
+        """Who the session belongs to (a user ID), for ``manager.sessions_of(principal)`` and
+        ``manager.invalidate_all(principal)``; ``None`` until the app binds one at login."""
+        self._check_valid()
+        return self._principal
+
+    @principal.setter
+    def principal(self, principal: str | None) -> None:
+        self._check_valid()
+        if principal is not None and (
+            not isinstance(principal, str) or not 0 < len(principal) <= 255
+        ):
+            raise ValueError("principal takes a non-empty str of at most 255 characters, or None")
+        old = self._principal
+        if principal == old:
+            return
+        self._owner.principal_changing(self, principal)
+        self._principal = principal
+        self._principal_changed = True
+        self._meta_changed = True
 
     @property
     def is_new(self) -> bool:

@@ -46,10 +46,13 @@ async def test_a_bad_cookie_gets_no_session_and_no_error(
     assert "set-cookie" not in response.headers
 
 
-async def test_a_bad_cookie_is_counted(manager: SessionManager) -> None:
+async def test_refused_cookies_are_counted_by_reason(manager: SessionManager) -> None:
     async with client(make_app(manager)) as http:
         await http.get("/info", headers={"cookie": BAD_COOKIES["bad_signature"]})
-    assert (await manager.stats()).bad_cookies == 1
+        await http.get("/info", headers={"cookie": BAD_COOKIES["garbage"]})
+        await http.get("/info", headers=cookie_header(signed_with(SECRET, new_session_id())))
+    stats = await manager.stats()
+    assert (stats.bad_signatures, stats.malformed_cookies, stats.unknown_ids) == (1, 1, 1)
 
 
 async def test_a_cookie_signed_with_another_key_is_never_adopted(manager: SessionManager) -> None:

@@ -49,16 +49,23 @@ class SessionStore(ABC):
     def expiry_changed(self, session: HttpSession) -> None:
         """A hint that ``session``'s deadline moved (its timeout was changed)."""
 
+    def principal_changing(self, session: HttpSession, new: str | None) -> None:
+        """A hint that ``session`` is being bound to principal ``new`` (``None``: unbound);
+        stores that persist write the principal with the session's next save."""
+
     # --- the contract ------------------------------------------------------------------------
 
     @abstractmethod
-    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
+    async def load(
+        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
+    ) -> HttpSession | None:
         """Return the session stored under ``session_id``, or ``None`` if there is none.
 
         May return a session whose deadline has passed (the manager expires it, claiming it with
-        ``delete``). A store that throttles last-access writes refreshes the stored deadline here
-        when its ``save_period`` has passed, in the same round trip if it can. A stored session
-        that cannot be read back is logged, removed, and reported as ``None``.
+        ``delete``). With ``touch``, a store that throttles last-access writes refreshes the
+        stored deadline when its ``save_period`` has passed, in the same round trip if it can;
+        without, it only reads (operators listing sessions). A stored session that cannot be
+        read back is logged, removed, and reported as ``None``.
         """
 
     @abstractmethod
@@ -93,6 +100,16 @@ class SessionStore(ABC):
     @abstractmethod
     async def count(self) -> int:
         """How many sessions the store holds."""
+
+    @abstractmethod
+    async def sessions_of(self, principal: str, now: float) -> list[str]:
+        """The IDs of the unexpired sessions bound to ``principal``, from an index (never a
+        scan of all sessions). The index follows expiry, invalidation and ID changes."""
+
+    @abstractmethod
+    async def least_recent(self, count: int, now: float) -> list[str]:
+        """Up to ``count`` IDs of the sessions closest to their idle deadline (for sessions with
+        one idle timeout: the least recently used), for ``evict_lru``."""
 
     async def acquire_lock(self, session_id: str, token: str, ttl: float, now: float) -> bool:
         """Try once to take the session's cross-process lock for ``ttl`` seconds.

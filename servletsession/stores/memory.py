@@ -31,6 +31,7 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self._sessions: dict[str, HttpSession] = {}
         self._deadlines: list[tuple[float, str]] = []
+        self._by_principal: dict[str, set[str]] = {}
 
     def live_sessions(self) -> dict[str, HttpSession]:
         return self._sessions
@@ -39,7 +40,16 @@ class MemoryStore(SessionStore):
         if session._stored:
             self._schedule(session)
 
-    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
+    def principal_changing(self, session: HttpSession, new: str | None) -> None:
+        old = session._principal
+        if old is not None:
+            self._by_principal.get(old, set()).discard(session._id)
+        if new is not None:
+            self._by_principal.setdefault(new, set()).add(session._id)
+
+    async def load(
+        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
+    ) -> HttpSession | None:
         return self._sessions.get(session_id)
 
     async def save(self, session: HttpSession, changed_names: set[str], now: float) -> bool:
@@ -57,6 +67,10 @@ class MemoryStore(SessionStore):
         self._sessions[session._id] = session
         session._expiry_mark = None  # the entry under the old ID is stale now
         self._schedule(session)
+        if session._principal is not None:
+            ids = self._by_principal.setdefault(session._principal, set())
+            ids.discard(old_id)
+            ids.add(session._id)
         return True
 
     async def claim_expired(
@@ -83,6 +97,40 @@ class MemoryStore(SessionStore):
 
     async def count(self) -> int:
         return len(self._sessions)
+
+    async def sessions_of(self, principal: str, now: float) -> list[str]:
+        ids = self._by_principal.get(principal)
+        if not ids:
+            return []
+        sessions = self._sessions
+        live = []
+        for session_id in list(ids):  # prune what ended or moved since: the index cleans itself
+            session = sessions.get(session_id)
+            if session is None or session._principal != principal or not session._valid:
+                ids.discard(session_id)
+            elif session._in_flight or session._expires_at() > now:
+                live.append(session_id)
+        if not ids:
+            del self._by_principal[principal]
+        return live
+
+    async def least_recent(self, count: int, now: float) -> list[str]:
+        """Pop heap entries until the earliest ``count`` are current, then put them back."""
+        heap, sessions = self._deadlines, self._sessions
+        found: list[tuple[float, str]] = []
+        while heap and len(found) < count:
+            deadline, session_id = heapq.heappop(heap)
+            session = sessions.get(session_id)
+            if session is None or session._expiry_mark != deadline:
+                continue
+            actual = session._expires_at()
+            if actual > deadline:  # touched since: file it where it belongs and look again
+                self._push(session, actual)
+                continue
+            found.append((deadline, session_id))
+        for entry in found:
+            heapq.heappush(heap, entry)
+        return [session_id for _, session_id in found]
 
     def _schedule(self, session: HttpSession) -> None:
         """Make sure an entry due no later than the session's deadline is in the heap."""

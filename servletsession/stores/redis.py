@@ -62,12 +62,20 @@ end
 return data
 """
 
-# ARGV: new?, id, deadline ('' = never), ttl_ms, n, field1, value1, … fieldN, valueN, del…
+# ARGV: new?, id, deadline ('' = never), ttl_ms, principal-set prefix, n, field1, value1, …
+# fieldN, valueN, del…  (a '#p' field among them rebinds the principal index)
 _SAVE = """
 if ARGV[1] == '0' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[5])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
-if #ARGV >= 6 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV)) end
+local old = redis.call('HGET', KEYS[1], '#p')
+local n = tonumber(ARGV[6])
+for i = 7, 6 + 2 * n, 2 do
+  if ARGV[i] == '#p' and ARGV[i + 1] ~= (old or '') then
+    if old and old ~= '' then redis.call('SREM', ARGV[5] .. old, ARGV[2]) end
+    if ARGV[i + 1] ~= '' then redis.call('SADD', ARGV[5] .. ARGV[i + 1], ARGV[2]) end
+  end
+end
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n)) end
+if #ARGV >= 7 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 7 + 2 * n, #ARGV)) end
 if ARGV[3] == '' then
   redis.call('PERSIST', KEYS[1])
   redis.call('ZADD', KEYS[2], '+inf', ARGV[2])
@@ -78,13 +86,29 @@ end
 return 1
 """
 
-_DELETE = """
+_UNINDEX = """
+local function unindex(key, prefix, id)
+  local principal = redis.call('HGET', key, '#p')
+  if principal and principal ~= '' then redis.call('SREM', prefix .. principal, id) end
+end
+"""
+
+_DELETE = (
+    _UNINDEX
+    + """
+unindex(KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
+)
 
 _RENAME = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local principal = redis.call('HGET', KEYS[1], '#p')
+if principal and principal ~= '' then
+  redis.call('SREM', ARGV[3] .. principal, ARGV[1])
+  redis.call('SADD', ARGV[3] .. principal, ARGV[2])
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -94,7 +118,9 @@ return 1
 """
 
 # Claim one due session: the DEL decides who fires session_destroyed (exactly one caller).
-_CLAIM = """
+_CLAIM = (
+    _UNINDEX
+    + """
 local expires = redis.call('HGET', KEYS[1], '#e')
 if not expires or expires == '' then
   if not expires then redis.call('ZREM', KEYS[2], ARGV[2]) end
@@ -106,10 +132,12 @@ if tonumber(expires) > tonumber(ARGV[1]) then
   return false
 end
 local data = redis.call('HGETALL', KEYS[1])
+unindex(KEYS[1], ARGV[3], ARGV[2])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 return data
 """
+)
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -145,6 +173,7 @@ class RedisStore(SerializingStore):
             self.client = url
         self.prefix = prefix
         self._expiries = f"{prefix}expiries"
+        self._principals = f"{prefix}principal:"
         self._grace_ms = int(ttl_grace * 1000)
         register = self.client.register_script
         self._load_and_touch = register(_LOAD_AND_TOUCH)
@@ -159,11 +188,14 @@ class RedisStore(SerializingStore):
 
     # --- the contract ------------------------------------------------------------------------
 
-    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
+    async def load(
+        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
+    ) -> HttpSession | None:
+        period = repr(self.save_period) if touch else "1e18"  # a period never reached: no touch
         try:
             data = await self._load_and_touch(
                 keys=[self.key(session_id)],
-                args=[repr(now), repr(self.save_period), self._grace_ms],
+                args=[repr(now), period, self._grace_ms],
             )
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
@@ -188,6 +220,8 @@ class RedisStore(SerializingStore):
         ]  # fmt: skip
         if is_new:
             fields += ["#c", repr(session._creation_time)]
+        if is_new or session._principal_changed:
+            fields += ["#p", session._principal or ""]
         for name, value in written.items():
             fields += ["a:" + name, value]
         ttl_ms = 0 if math.isinf(deadline) else math.ceil((deadline - now) * 1000) + self._grace_ms
@@ -196,6 +230,7 @@ class RedisStore(SerializingStore):
             session._id,
             "" if math.isinf(deadline) else repr(deadline),
             max(ttl_ms, 1),
+            self._principals,
             len(fields) // 2,
             *fields,
             *("a:" + name for name in removed),
@@ -211,7 +246,7 @@ class RedisStore(SerializingStore):
     async def delete(self, session_id: str) -> bool:
         try:
             removed = await self._delete(
-                keys=[self.key(session_id), self._expiries], args=[session_id]
+                keys=[self.key(session_id), self._expiries], args=[session_id, self._principals]
             )
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
@@ -222,7 +257,7 @@ class RedisStore(SerializingStore):
         try:
             moved = await self._rename(
                 keys=[old, new, self._expiries, old + ":lock", new + ":lock"],
-                args=[old_id, session._id],
+                args=[old_id, session._id, self._principals],
             )
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
@@ -237,7 +272,7 @@ class RedisStore(SerializingStore):
             )
             if not due:
                 return []
-            ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in due]
+            ids = [_text(raw) for raw in due]
             busy = [session_id for session_id in ids if session_id in in_use]
             candidates = [session_id for session_id in ids if session_id not in in_use]
             async with self.client.pipeline(transaction=False) as pipe:
@@ -246,7 +281,7 @@ class RedisStore(SerializingStore):
                 for session_id in candidates:
                     await self._claim(
                         keys=[self.key(session_id), self._expiries],
-                        args=[repr(now), session_id],
+                        args=[repr(now), session_id, self._principals],
                         client=pipe,
                     )
                 results = await pipe.execute()
@@ -266,6 +301,53 @@ class RedisStore(SerializingStore):
             return int(await self.client.zcard(self._expiries))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+
+    async def sessions_of(self, principal: str, now: float) -> list[str]:
+        index = self._principals + principal
+        try:
+            members = [_text(m) for m in await self.client.smembers(index)]
+            if not members:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for session_id in members:
+                    pipe.hmget(self.key(session_id), "#e", "#p")
+                found = await pipe.execute()
+            live, gone = [], []
+            for session_id, (expires, bound) in zip(members, found, strict=True):
+                if bound is None or _text(bound) != principal:
+                    gone.append(session_id)  # dropped by its TTL, or moved on: clean the index
+                elif not expires or float(expires) > now:
+                    live.append(session_id)
+            if gone:
+                await self.client.srem(index, *gone)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        return live
+
+    async def least_recent(self, count: int, now: float) -> list[str]:
+        """The sorted set lags read-only touches, so look at a few more candidates than asked,
+        re-file them by their real deadline, and take the earliest."""
+        try:
+            candidates = [
+                _text(c) for c in await self.client.zrange(self._expiries, 0, count * 4 + 3)
+            ]
+            if not candidates:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for session_id in candidates:
+                    pipe.hget(self.key(session_id), "#e")
+                deadlines = await pipe.execute()
+            real: dict[str, float] = {}
+            for session_id, expires in zip(candidates, deadlines, strict=True):
+                if expires is not None:
+                    real[session_id] = float(expires) if expires else math.inf
+            if real:
+                await self.client.zadd(
+                    self._expiries, {sid: min(d, 1e300) for sid, d in real.items()}
+                )
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        return sorted(real, key=real.__getitem__)[:count]
 
     async def acquire_lock(self, session_id: str, token: str, ttl: float, now: float) -> bool:
         try:
@@ -309,6 +391,7 @@ class RedisStore(SerializingStore):
                 max_inactive_interval=int(meta["#i"]),
                 absolute_timeout=float(meta["#a"]) if meta.get("#a") else None,
                 attributes=attributes,
+                principal=meta.get("#p") or None,
                 strict=strict,
             )
         except (KeyError, ValueError) as exc:
@@ -320,6 +403,10 @@ class RedisStore(SerializingStore):
 
     def __repr__(self) -> str:
         return f"<RedisStore prefix={self.prefix!r}>"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailableError:

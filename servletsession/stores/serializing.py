@@ -84,6 +84,7 @@ class SerializingStore(SessionStore):
         max_inactive_interval: int,
         absolute_timeout: float | None,
         attributes: Mapping[str, bytes | str],
+        principal: str | None = None,
         strict: bool = True,
     ) -> HttpSession | None:
         """An ``HttpSession`` from stored fields; ``None`` (logged) if an attribute is unreadable
@@ -111,6 +112,7 @@ class SerializingStore(SessionStore):
             last_accessed_time=last_access,
             is_new=False,
         )
+        session._principal = principal
         if max_inactive_interval > 0 and math.isfinite(expires_at):
             # The stored deadline (over-provisioned by save_period) is the one that counts.
             session._idle_since = expires_at - max_inactive_interval

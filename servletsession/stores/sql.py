@@ -150,11 +150,13 @@ class SQLStore(SerializingStore):
 
     # --- the contract ------------------------------------------------------------------------
 
-    async def load(self, session_id: str, owner: SessionOwner, now: float) -> HttpSession | None:
+    async def load(
+        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
+    ) -> HttpSession | None:
         s, a = self.sessions.c, self.attributes.c
         query = (
-            select(s.creation_time, s.last_access, s.expires_at, s.max_inactive_interval,
-                   s.absolute_timeout, a.name, a.value)
+            select(s.principal, s.creation_time, s.last_access, s.expires_at,
+                   s.max_inactive_interval, s.absolute_timeout, a.name, a.value)
             .select_from(self.sessions.outerjoin(self.attributes, a.session_id == s.id))
             .where(s.id == session_id)
         )  # fmt: skip
@@ -164,7 +166,7 @@ class SQLStore(SerializingStore):
                 return None
             first = rows[0]
             expires_at = math.inf if first.expires_at is None else first.expires_at
-            if expires_at > now and now - first.last_access >= self.save_period:
+            if touch and expires_at > now and now - first.last_access >= self.save_period:
                 deadline = self.deadline(
                     first.max_inactive_interval, first.absolute_timeout, first.creation_time, now
                 )
@@ -182,6 +184,7 @@ class SQLStore(SerializingStore):
             max_inactive_interval=first.max_inactive_interval,
             absolute_timeout=first.absolute_timeout,
             attributes={row.name: row.value for row in rows if row.name is not None},
+            principal=first.principal,
         )
         if session is None:
             await self.delete(session_id)
@@ -202,6 +205,7 @@ class SQLStore(SerializingStore):
                         expires_at=deadline,
                         max_inactive_interval=session._max_inactive_interval,
                         absolute_timeout=session._absolute_timeout,
+                        principal=session._principal,
                     )
                 )
                 removed: list[str] = []
@@ -215,6 +219,7 @@ class SQLStore(SerializingStore):
                         expires_at=deadline,
                         max_inactive_interval=session._max_inactive_interval,
                         absolute_timeout=session._absolute_timeout,
+                        principal=session._principal,
                     )
                 )
                 if result.rowcount == 0:
@@ -267,6 +272,7 @@ class SQLStore(SerializingStore):
                     .where(s.id.in_(ids), s.expires_at <= now)
                     .returning(
                         s.id,
+                        s.principal,
                         s.creation_time,
                         s.last_access,
                         s.expires_at,
@@ -286,6 +292,7 @@ class SQLStore(SerializingStore):
                 max_inactive_interval=row.max_inactive_interval,
                 absolute_timeout=row.absolute_timeout,
                 attributes=attributes.get(row.id, {}),
+                principal=row.principal,
                 strict=False,
             )
             if session is not None:
@@ -298,6 +305,19 @@ class SQLStore(SerializingStore):
             return int(
                 (await conn.execute(select(func.count()).select_from(self.sessions))).scalar_one()
             )
+
+    async def sessions_of(self, principal: str, now: float) -> list[str]:
+        s = self.sessions.c
+        alive = (s.expires_at.is_(None)) | (s.expires_at > now)
+        query = select(s.id).where(s.principal == principal, alive)
+        async with self._transaction() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def least_recent(self, count: int, now: float) -> list[str]:
+        s = self.sessions.c
+        query = select(s.id).order_by(s.expires_at.is_(None), s.expires_at).limit(count)
+        async with self._transaction() as conn:
+            return list((await conn.execute(query)).scalars())
 
     async def acquire_lock(self, session_id: str, token: str, ttl: float, now: float) -> bool:
         s = self.sessions.c
