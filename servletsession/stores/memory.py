@@ -56,6 +56,8 @@ class MemoryStore(SessionStore):
         self._sessions[session._id] = session
         session._stored = True
         self._schedule(session)
+        if session._principal is not None:  # its ID may have changed before this first save
+            self._by_principal.setdefault(session._principal, set()).add(session._id)
         return True
 
     async def delete(self, session_id: str) -> bool:
