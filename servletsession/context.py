@@ -51,7 +51,7 @@ class RequestSession(MutableMapping[str, Any]):
 
     async def load(self) -> None:
         if self.requested_id is not None:
-            session = await self._manager.find(self.requested_id)
+            session = await self._manager.join(self.requested_id)
             if session is not None:
                 self._session = session
                 self._found = True
@@ -153,7 +153,7 @@ class RequestSession(MutableMapping[str, Any]):
 
 
 def _request_session(connection: HTTPConnection | MutableMapping[str, Any]) -> RequestSession:
-    scope = connection.scope if isinstance(connection, HTTPConnection) else connection
+    scope = getattr(connection, "scope", connection)  # a Request/WebSocket, or a raw scope
     context = scope.get(SCOPE_KEY)
     if context is None:
         raise RuntimeError(

@@ -9,11 +9,13 @@ reaches a store key (OWASP ASVS v5 7.2).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Sequence
 
 from itsdangerous import BadSignature, Signer
+from itsdangerous.signer import SigningAlgorithm
 
 ID_BYTES = 32  # 256 bits, OWASP ASVS v5 7.2.3 asks for at least 128 bits of entropy
 ID_LENGTH = 43  # len(secrets.token_urlsafe(32))
@@ -22,6 +24,8 @@ COOKIE_VALUE_LENGTH = ID_LENGTH + 1 + _SIGNATURE_LENGTH
 _ID_RE = re.compile(rb"[A-Za-z0-9_-]{%d}" % ID_LENGTH)
 _VALUE_RE = re.compile(rb"[A-Za-z0-9_-]{%d}\.[A-Za-z0-9_-]{%d}" % (ID_LENGTH, _SIGNATURE_LENGTH))
 _REF_SALT = secrets.token_bytes(16)
+_VERIFIED_CACHE_SIZE = 10_000  # entries in each cache of verified cookies
+_CACHED_HEADER_LENGTH = 512  # longer Cookie headers are parsed every time (bounds the cache)
 
 
 def new_session_id() -> str:
@@ -40,6 +44,15 @@ def session_ref(session_id: str) -> str:
     return digest
 
 
+class _HMACSHA256(SigningAlgorithm):
+    """HMAC-SHA256 through the C one-shot ``hmac.digest`` (what itsdangerous' ``HMACAlgorithm``
+    computes, without building an ``hmac.HMAC`` object per request); verification stays
+    itsdangerous' constant-time comparison."""
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        return hmac.digest(key, value, "sha256")
+
+
 class _SessionIdSigner(Signer):
     """itsdangerous' Signer with each key's derivation done once instead of on every request."""
 
@@ -49,6 +62,7 @@ class _SessionIdSigner(Signer):
             salt=b"servletsession.cookie",
             key_derivation="hmac",
             digest_method=hashlib.sha256,
+            algorithm=_HMACSHA256(),
         )
         self._derived = {key: Signer.derive_key(self, key) for key in self.secret_keys}
 
@@ -63,7 +77,15 @@ class _SessionIdSigner(Signer):
 class CookieCodec:
     """Everything about the session cookie that does not depend on the request, computed once."""
 
-    __slots__ = ("_deletion", "_name", "_set_suffix", "_signer", "name")
+    __slots__ = (
+        "_deletion",
+        "_name",
+        "_set_suffix",
+        "_signer",
+        "_verified",
+        "_verified_headers",
+        "name",
+    )
 
     def __init__(
         self,
@@ -80,6 +102,8 @@ class CookieCodec:
         self.name = name
         self._name = name.encode("ascii")
         self._signer = _SessionIdSigner(secret_keys)
+        self._verified: dict[bytes, str] = {}
+        self._verified_headers: dict[bytes, str] = {}
         attributes = [f"Path={path}"]
         if domain:
             attributes.append(f"Domain={domain}")
@@ -103,31 +127,62 @@ class CookieCodec:
         ``"malformed"``, ``"duplicate"`` (cookie tossing: never guess which one is ours) and
         ``"bad_signature"``.
         """
+        name = self._name
+        joined: bytes | None = None
+        for key, header in headers:
+            if key == b"cookie" and name in header:
+                joined = header if joined is None else joined + b"; " + header
+        if joined is None:
+            return None, "absent"
+        known = self._verified_headers.get(joined)
+        if known is not None:  # the very header a browser sent before, verified then
+            return known, "valid"
+        session_id, outcome = self._parse(joined)
+        if session_id is not None and len(joined) <= _CACHED_HEADER_LENGTH:
+            _bounded_put(self._verified_headers, joined, session_id)
+        return session_id, outcome
+
+    def _parse(self, header: bytes) -> tuple[str | None, str]:
         found: bytes | None = None
         name = self._name
-        for key, header in headers:
-            if key != b"cookie" or name not in header:
-                continue
-            for part in header.split(b";"):
-                cookie_name, sep, value = part.partition(b"=")
-                if sep and cookie_name.strip() == name:
-                    if found is not None:
-                        return None, "duplicate"
-                    found = value.strip()
+        for part in header.split(b";"):
+            cookie_name, sep, value = part.partition(b"=")
+            if sep and cookie_name.strip() == name:
+                if found is not None:
+                    return None, "duplicate"
+                found = value.strip()
         if found is None:
             return None, "absent"
+        verified = self._verified.get(found)
+        if verified is not None:
+            return verified, "valid"
         if len(found) != COOKIE_VALUE_LENGTH or _VALUE_RE.fullmatch(found) is None:
             return None, "malformed"
         try:
-            session_id = self._signer.unsign(found)
+            session_id = self._signer.unsign(found).decode("ascii")
         except BadSignature:
             return None, "bad_signature"
-        return session_id.decode("ascii"), "valid"
+        self._remember(found, session_id)
+        return session_id, "valid"
+
+    def _remember(self, value: bytes, session_id: str) -> None:
+        """Remember a value itsdangerous verified, so that the next request bringing the very
+        same bytes skips the HMAC. Only a value the server signed can ever be found here; the
+        session lookup that follows still decides whether that session lives."""
+        _bounded_put(self._verified, value, session_id)
 
     def set_cookie(self, session_id: str) -> bytes:
         """The ``Set-Cookie`` value that hands ``session_id`` to the browser."""
-        return self._name + b"=" + self._signer.sign(session_id) + self._set_suffix
+        value = self._signer.sign(session_id)
+        self._remember(value, session_id)
+        return self._name + b"=" + value + self._set_suffix
 
     def deletion(self) -> bytes:
         """The ``Set-Cookie`` value that makes the browser drop the session cookie."""
         return self._deletion
+
+
+def _bounded_put(cache: dict[bytes, str], key: bytes, value: str) -> None:
+    if len(cache) >= _VERIFIED_CACHE_SIZE:
+        del cache[next(iter(cache))]  # the oldest entry
+    cache[key] = value

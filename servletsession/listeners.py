@@ -142,12 +142,34 @@ Method = Callable[..., Any]
 
 
 class ListenerRegistry:
-    """The manager's listeners, indexed by event: an event nobody listens to costs nothing."""
+    """The manager's listeners, indexed by event: an event nobody listens to costs nothing.
 
-    __slots__ = ("_by_event",)
+    Each event's methods are also an attribute (``registry.attribute_added``): one list per
+    event for the registry's lifetime, changed in place, so the hot path reads it directly.
+    """
+
+    __slots__ = (
+        "_by_event",
+        "attribute_added",
+        "attribute_removed",
+        "attribute_replaced",
+        "cookie_rejected",
+        "session_created",
+        "session_destroyed",
+        "session_id_changed",
+    )
+    attribute_added: list[Method]
+    attribute_removed: list[Method]
+    attribute_replaced: list[Method]
+    cookie_rejected: list[Method]
+    session_created: list[Method]
+    session_destroyed: list[Method]
+    session_id_changed: list[Method]
 
     def __init__(self, listeners: Iterable[object] = ()) -> None:
         self._by_event: dict[str, list[Method]] = {name: [] for name in MANAGER_EVENTS}
+        for name, methods in self._by_event.items():
+            setattr(self, name, methods)
         for listener in listeners:
             self.add(listener)
 

@@ -91,6 +91,8 @@ class SessionManager:
             )
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.store.allow_models(models)
+        checks = type(self.store).check_value is not SessionStore.check_value
+        self._value_check = self.store.check_value if checks else None
         self.clock = clock
         self._listeners = ListenerRegistry(listeners)
         self._counter = StatsCounter()
@@ -105,6 +107,13 @@ class SessionManager:
         self._exclusive = self.settings.locking == "session" and not self._store_is_live
         self._reaper = Reaper(self.reap, self.settings.reaper_interval)
         self._limits = SessionLimits(self)
+        settings = self.settings
+        #: Whether sessions need work as the response starts: a store that leaves the process
+        #: saves then, and limits decided at save time are applied then.
+        self._enforcing = settings.max_sessions_per_principal is not None or (
+            settings.max_active_sessions is not None and settings.max_active_policy == "evict_lru"
+        )
+        self.flushes = not self._store_is_live or self._enforcing
         self._hook_tasks: set[asyncio.Task[Any]] = set()
 
     # --- listeners (SessionOwner) ------------------------------------------------------------
@@ -120,8 +129,9 @@ class SessionManager:
     def remove_listener(self, listener: object) -> None:
         self._listeners.remove(listener)
 
-    def check_value(self, name: str, value: Any) -> None:
-        self.store.check_value(name, value)
+    @property
+    def value_check(self) -> Callable[[str, Any], None] | None:
+        return self._value_check
 
     def expiry_changed(self, session: HttpSession) -> None:
         self.store.expiry_changed(session)
@@ -160,7 +170,7 @@ class SessionManager:
         counter = self._counter
         counter.created += 1
         counter.max_active = max(counter.max_active, self._limits.active)
-        created = self._listeners.methods("session_created")
+        created = self._listeners.session_created
         if created:
             deliver(session, created, HttpSessionEvent(session))
         return session
@@ -174,6 +184,10 @@ class SessionManager:
         """
         if not is_well_formed_id(session_id):
             return None
+        return await self.join(session_id)
+
+    async def join(self, session_id: str) -> HttpSession | None:
+        """:meth:`find` for an ID already validated (the middleware's, from a signed cookie)."""
         if self._exclusive:
             session = await self._load_exclusively(session_id)
         else:
@@ -247,7 +261,7 @@ class SessionManager:
     async def flush(self, session: HttpSession) -> None:
         """Write what changed now, before the response goes out, so that the browser's next
         request — on any process — sees it; limits decided at save time are applied here."""
-        if session._valid:
+        if session._valid and self._enforcing:
             await self._limits.enforce(session)
         if self._store_is_live:
             return
@@ -261,7 +275,8 @@ class SessionManager:
         """The calling request is done with ``session``: deliver its pending async events, then
         save what changed — or drop it if it was invalidated, or if it is new and still empty
         (empty sessions are never stored)."""
-        await settle(session)
+        if session._listener_tail is not None:
+            await settle(session)
         session._end_access(self.clock())
         try:
             if not session._valid:
@@ -269,12 +284,27 @@ class SessionManager:
             elif session._is_new and not session._attributes and session._in_flight == 0:
                 await self._destroy(session, "discarded")
             else:
-                await self._limits.enforce(session)
-                await self._save(session)
+                if self._enforcing:
+                    await self._limits.enforce(session)
+                if not (self._store_is_live and session._stored and not session._meta_changed):
+                    await self._save(session)
+                elif session._previous_id is None:
+                    session._changed_names = None  # live objects: the store holds the change
+                else:
+                    await self._save(session)
         finally:
-            await self._forget(session)
+            if not self._store_is_live:
+                await self._forget(session)
 
     async def _save(self, session: HttpSession) -> None:
+        if (
+            self._store_is_live
+            and session._stored
+            and not session._meta_changed
+            and session._previous_id is None
+        ):
+            session._changed_names = None  # live objects: the store already holds the change
+            return
         changed = session._take_changes()
         mode = self.settings.save_mode
         if mode == "always":
@@ -350,7 +380,7 @@ class SessionManager:
         self._live[new_id] = session
         if session._previous_id is None:
             session._previous_id = old_id
-        changed = self._listeners.methods("session_id_changed")
+        changed = self._listeners.session_id_changed
         if changed:
             deliver(session, changed, HttpSessionEvent(session), old_id)
         return new_id
@@ -490,7 +520,7 @@ class SessionManager:
             counter.unknown_ids += 1
         else:
             counter.malformed_cookies += 1
-        hooks = self._listeners.methods("cookie_rejected")
+        hooks = self._listeners.cookie_rejected
         if hooks:
             notify(hooks, CookieRejectedEvent(reason, scope), self._hook_tasks)
 

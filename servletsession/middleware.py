@@ -104,7 +104,7 @@ class SessionMiddleware:
             return
 
         manager = self.manager
-        if manager._reaper.idle:
+        if manager._reaper._task is None:
             manager.start_reaper_lazily()
         session_id, outcome = self._cookies.read(scope["headers"])
         if session_id is None and outcome != "absent":
@@ -132,7 +132,10 @@ class SessionMiddleware:
                 return  # a 503 went out instead of the app's response
             if kind in _START and not context.started:
                 context.started = True
-                if context._joined:
+                if not context._joined and not context.consulted and not context._found:
+                    await send(message)  # the app never looked at sessions: nothing to add
+                    return
+                if context._joined and manager.flushes:
                     try:
                         await context.flush()
                     except StoreUnavailableError as exc:

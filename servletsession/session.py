@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 from .cookies import session_ref
@@ -33,9 +33,11 @@ class SessionOwner(Protocol):
     @property
     def listeners(self) -> ListenerRegistry: ...
 
-    def check_value(self, name: str, value: Any) -> None:
-        """Raise ``TypeError`` if the store cannot persist ``value`` (Servlet spec: refuse it at
-        ``setAttribute``, not later at save time where the change would be lost silently)."""
+    @property
+    def value_check(self) -> Callable[[str, Any], None] | None:
+        """Raises ``TypeError`` if the store cannot persist a value (Servlet spec: refuse it at
+        ``setAttribute``, not later at save time where the change would be lost silently);
+        ``None`` when every value is accepted (live objects)."""
 
     def session_expiring(self, session: HttpSession, reason: str) -> None:
         """The session is being invalidated, expired or discarded: its ID is dead from now on."""
@@ -209,7 +211,8 @@ class HttpSession(MutableMapping[str, Any]):
 
     def get_attribute(self, name: str, default: Any = None) -> Any:
         """The attribute's value, or ``default`` when it is not set."""
-        self._check_valid()
+        if not self._valid:
+            self._check_valid()
         if self._track_reads:
             self._mark_read(name)
         return self._attributes.get(name, default)
@@ -230,14 +233,17 @@ class HttpSession(MutableMapping[str, Any]):
 
         Raises ``TypeError`` at once if the store cannot persist ``value``.
         """
-        self._check_valid()
+        if not self._valid:
+            self._check_valid()
         if value is None:
             self.remove_attribute(name)
             return
-        if not isinstance(name, str):
+        if type(name) is not str:
             raise TypeError(f"attribute names are str, got {type(name).__name__}")
         owner = self._owner
-        owner.check_value(name, value)
+        check = owner.value_check
+        if check is not None:
+            check(name, value)
         attributes = self._attributes
         old = attributes.get(name, _ABSENT)
         if old is not value and hasattr(value, "value_bound"):
@@ -245,13 +251,13 @@ class HttpSession(MutableMapping[str, Any]):
         attributes[name] = value
         self._mark_changed(name)
         if old is _ABSENT:
-            added = owner.listeners.methods("attribute_added")
+            added = owner.listeners.attribute_added
             if added:
                 deliver(self, added, HttpSessionBindingEvent(self, name, value))
             return
         if old is not value and hasattr(old, "value_unbound"):
             deliver_to_value(self, old, "value_unbound", HttpSessionBindingEvent(self, name, old))
-        replaced = owner.listeners.methods("attribute_replaced")
+        replaced = owner.listeners.attribute_replaced
         if replaced:
             deliver(self, replaced, HttpSessionBindingEvent(self, name, old))
 
@@ -269,7 +275,7 @@ class HttpSession(MutableMapping[str, Any]):
             deliver_to_value(
                 self, value, "value_unbound", HttpSessionBindingEvent(self, name, value)
             )
-        removed = self._owner.listeners.methods("attribute_removed")
+        removed = self._owner.listeners.attribute_removed
         if removed:
             deliver(self, removed, HttpSessionBindingEvent(self, name, value))
 
@@ -313,7 +319,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._owner.session_expiring(self, reason)
         # 3. ``session_destroyed``, listeners in reverse registration order, session still
         #    readable (Servlet spec: "notified before the session is invalidated").
-        destroyed = self._owner.listeners.methods("session_destroyed")
+        destroyed = self._owner.listeners.session_destroyed
         if destroyed:
             deliver(self, reversed(destroyed), HttpSessionEvent(self))
         # 4. Unbind every attribute (value_unbound, attribute_removed), once the destroyed
@@ -367,8 +373,11 @@ class HttpSession(MutableMapping[str, Any]):
 
     # --- the mapping protocol ----------------------------------------------------------------
 
+    get = get_attribute  # the mapping's ``get``, without a round trip through ``__getitem__``
+
     def __getitem__(self, name: str) -> Any:
-        self._check_valid()
+        if not self._valid:
+            self._check_valid()
         if self._track_reads:
             self._mark_read(name)
         return self._attributes[name]

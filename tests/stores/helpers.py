@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from typing import Any
 
 import httpx2
@@ -60,3 +62,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], *, kill: bool = False, grace: float = 10.0
+) -> None:
+    """Stop a child process and reap it: SIGTERM (or SIGKILL), a bounded wait, SIGKILL if it
+    lingers. Polls instead of ``wait(timeout=...)``, whose busy loop trips an assertion in
+    CPython's subprocess module when children are reaped from several threads."""
+    if process.poll() is None:
+        process.kill() if kill else process.terminate()
+        give_up = time.monotonic() + grace
+        while process.poll() is None and time.monotonic() < give_up:
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.kill()
+    process.wait()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from servletsession.stores.sql import SQLStore
 
 from ..conftest import FakeClock, make_app
 from .conftest import IN_CI
-from .helpers import Browser, free_port, signed
+from .helpers import Browser, free_port, signed, stop_process
 
 pytestmark = pytest.mark.anyio
 
@@ -100,8 +99,7 @@ class RedisServer:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        stop_process(self.process, kill=True)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

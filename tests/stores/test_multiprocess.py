@@ -16,7 +16,7 @@ import pytest
 
 from ..conftest import SECRET
 from .conftest import POSTGRES_URL, REDIS_URL, _clean, require
-from .helpers import free_port
+from .helpers import free_port, stop_process
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,9 +67,7 @@ class Workers:
 
     def stop(self) -> None:
         for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=10)
+            stop_process(process)
 
     def destroyed_events(self) -> list[str]:
         return self.events.read_text().splitlines() if self.events.exists() else []
