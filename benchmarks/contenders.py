@@ -1,7 +1,8 @@
 """The same app and routes under each session middleware: the contenders of every scenario.
 
-Routes: ``/rw`` reads a counter from the session and writes it back incremented; ``/plain`` never
-touches the session. Each contender gives the route its own way of reaching the session.
+Routes: ``/rw`` reads a counter from the session and writes it back incremented; ``/r`` only
+reads it; ``/plain`` never touches the session. Each contender gives the route its own way of
+reaching the session.
 """
 
 from __future__ import annotations
@@ -37,10 +38,18 @@ def _app(access: Access | None) -> Starlette:
         session["n"] = count
         return PlainTextResponse(str(count))
 
+    async def read_only(request: Request) -> Response:
+        if access is None:
+            return PlainTextResponse("0")
+        session = await access(request)
+        return PlainTextResponse(str(session.get("n", 0)))
+
     async def plain(request: Request) -> Response:
         return PlainTextResponse("plain")
 
-    return Starlette(routes=[Route("/rw", read_write), Route("/plain", plain)])
+    return Starlette(
+        routes=[Route("/rw", read_write), Route("/r", read_only), Route("/plain", plain)]
+    )
 
 
 def bare() -> Contender:
@@ -56,15 +65,21 @@ def starlette_cookie() -> Contender:
     return Contender("Starlette SessionMiddleware", app)
 
 
-def starsessions(store_kind: str = "memory", redis_url: str | None = None) -> Contender:
+def starsessions(redis_client: Any = None) -> Contender:
+    """starsessions with its ``InMemoryStore``, or its ``RedisStore`` on ``redis_client``."""
     from starsessions import InMemoryStore, SessionMiddleware, load_session
-    from starsessions.stores.redis import RedisStore
 
     async def access(request: Request) -> Any:
         await load_session(request)
         return request.session
 
-    store = InMemoryStore() if store_kind == "memory" else RedisStore(redis_url, prefix="bench-ss:")
+    store_kind = "memory" if redis_client is None else "redis"
+    if redis_client is None:
+        store: Any = InMemoryStore()
+    else:
+        from starsessions.stores.redis import RedisStore
+
+        store = RedisStore(connection=redis_client, prefix="bench-starsessions:")
     app = _app(access)
     app.add_middleware(SessionMiddleware, store=store, cookie_https_only=False)
     return Contender(

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 
 from itsdangerous import BadSignature, Signer
+from itsdangerous.encoding import base64_encode
 from itsdangerous.signer import SigningAlgorithm
 
 ID_BYTES = 32  # 256 bits, OWASP ASVS v5 7.2.3 asks for at least 128 bits of entropy
@@ -66,12 +67,19 @@ class _SessionIdSigner(Signer):
         )
         self._derived = {key: Signer.derive_key(self, key) for key in self.secret_keys}
 
+        self._signing_key = self._derived[self.secret_keys[-1]]
+
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         if secret_key is None:
             secret_key = self.secret_keys[-1]
         key = secret_key.encode() if isinstance(secret_key, str) else secret_key
         derived = self._derived.get(key)
         return derived if derived is not None else super().derive_key(key)
+
+    def sign_id(self, session_id: str) -> bytes:
+        """``sign()`` for an ASCII session ID, in itsdangerous' format (``value.signature``)."""
+        value = session_id.encode("ascii")
+        return value + b"." + base64_encode(hmac.digest(self._signing_key, value, "sha256"))
 
 
 class CookieCodec:
@@ -173,7 +181,7 @@ class CookieCodec:
 
     def set_cookie(self, session_id: str) -> bytes:
         """The ``Set-Cookie`` value that hands ``session_id`` to the browser."""
-        value = self._signer.sign(session_id)
+        value = self._signer.sign_id(session_id)
         self._remember(value, session_id)
         return self._name + b"=" + value + self._set_suffix
 

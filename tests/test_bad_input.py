@@ -208,3 +208,23 @@ async def test_manager_limit_answers_503_with_retry_after(clock: Any) -> None:
     assert refused.headers["retry-after"] == "5"
     assert (await manager.stats()).rejected == 1
     await manager.close()
+
+
+def test_cookie_signatures_are_itsdangerous_signatures() -> None:
+    """The fast signing path makes exactly the signature stock itsdangerous makes and verifies."""
+    import hashlib
+
+    from itsdangerous import Signer
+
+    from servletsession.cookies import _SessionIdSigner
+
+    keys = [SECRET.encode(), OTHER_SECRET.encode()]
+    stock = Signer(
+        keys, salt=b"servletsession.cookie", key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    ours = _SessionIdSigner(keys)
+    for _ in range(20):
+        session_id = new_session_id()
+        assert ours.sign_id(session_id) == stock.sign(session_id)
+        assert stock.unsign(ours.sign_id(session_id)) == session_id.encode()
+        assert ours.unsign(stock.sign(session_id)) == session_id.encode()
