@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ManagerSettings, validated
-from .cookies import is_well_formed_id, new_session_id, session_ref
-from .errors import IllegalStateError, StoreUnavailableError
+from .cookies import is_well_formed_id, new_session_id
+from .errors import IllegalStateError
 from .limits import SessionLimits
 from .listeners import (
     CookieRejectedEvent,
     HttpSessionEvent,
     ListenerRegistry,
     deliver,
-    deliver_to_value,
     notify,
     settle,
 )
+from .persistence import StoreSync
 from .reaper import Reaper
 from .session import HttpSession
 from .stats import SessionStats, StatsCounter
@@ -101,12 +100,11 @@ class SessionManager:
         # Live store: its own map. Otherwise: the sessions requests of this process are using,
         # so that concurrent requests of one session share one object.
         self._live: dict[str, HttpSession] = live if live is not None else {}
-        self._loading: dict[str, asyncio.Future[None]] = {}
-        self._locks: dict[str, str] = {}  # session ID -> token of the store lock this process holds
         self._track_reads = self.settings.save_mode == "on_get"
         self._exclusive = self.settings.locking == "session" and not self._store_is_live
         self._reaper = Reaper(self.reap, self.settings.reaper_interval)
         self._limits = SessionLimits(self)
+        self._sync = StoreSync(self)
         settings = self.settings
         #: Whether sessions need work as the response starts: a store that leaves the process
         #: saves then, and limits decided at save time are applied then.
@@ -189,72 +187,20 @@ class SessionManager:
     async def join(self, session_id: str) -> HttpSession | None:
         """:meth:`find` for an ID already validated (the middleware's, from a signed cookie)."""
         if self._exclusive:
-            session = await self._load_exclusively(session_id)
+            session = await self._sync.load_exclusively(session_id)
         else:
             session = self._live.get(session_id)
             if session is None and not self._store_is_live:
-                session = await self._load(session_id)
+                session = await self._sync.load(session_id)
         if session is None:
             return None
         now = self.clock()
         if session._in_flight == 0 and session._expires_at() <= now:
             await self._destroy(session, "expired")
-            await self._forget(session)
+            await self._sync.forget(session)
             return None
         session._begin_access(now)
         return session
-
-    async def _load(self, session_id: str) -> HttpSession | None:
-        """Load from the store, once per process however many requests ask at the same time."""
-        pending = self._loading.get(session_id)
-        if pending is not None:
-            await pending
-            return self._live.get(session_id)
-        done = asyncio.get_running_loop().create_future()
-        self._loading[session_id] = done
-        try:
-            return await self._adopt(session_id)
-        finally:
-            del self._loading[session_id]
-            done.set_result(None)
-
-    async def _load_exclusively(self, session_id: str) -> HttpSession | None:
-        """``locking="session"``: every request, of this process or another, takes the store's
-        lock before loading, and holds it until it releases the session."""
-        token = await self._lock(session_id)
-        try:
-            session = await self._adopt(session_id)
-        except BaseException:
-            await self.store.release_lock(session_id, token)
-            raise
-        if session is None:
-            await self.store.release_lock(session_id, token)
-        else:
-            self._locks[session_id] = token
-        return session
-
-    async def _adopt(self, session_id: str) -> HttpSession | None:
-        session = await self.store.load(session_id, self, self.clock())
-        if session is not None:
-            session._track_reads = self._track_reads
-            self._live[session_id] = session
-            self._notify_values(session, "session_did_activate")
-        return session
-
-    async def _lock(self, session_id: str) -> str:
-        token = secrets.token_urlsafe(16)
-        give_up = time.monotonic() + self.settings.lock_timeout
-        ttl = self.settings.lock_timeout * 3
-        delay = 0.002
-        while not await self.store.acquire_lock(session_id, token, ttl, self.clock()):
-            if time.monotonic() >= give_up:
-                raise StoreUnavailableError(
-                    f"session {session_ref(session_id)} stayed locked by another process for "
-                    f"lock_timeout={self.settings.lock_timeout} s"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return token
 
     # --- saving ------------------------------------------------------------------------------
 
@@ -267,9 +213,9 @@ class SessionManager:
             return
         await settle(session)
         if not session._valid:
-            await self._delete_stored(session)
+            await self._sync.delete_stored(session)
         elif session._stored or session._attributes:
-            await self._save(session)
+            await self._sync.save(session)
 
     async def release(self, session: HttpSession) -> None:
         """The calling request is done with ``session``: deliver its pending async events, then
@@ -280,86 +226,21 @@ class SessionManager:
         session._end_access(self.clock())
         try:
             if not session._valid:
-                await self._delete_stored(session)
+                await self._sync.delete_stored(session)
             elif session._is_new and not session._attributes and session._in_flight == 0:
                 await self._destroy(session, "discarded")
             else:
                 if self._enforcing:
                     await self._limits.enforce(session)
                 if not (self._store_is_live and session._stored and not session._meta_changed):
-                    await self._save(session)
+                    await self._sync.save(session)
                 elif session._previous_id is None:
                     session._changed_names = None  # live objects: the store holds the change
                 else:
-                    await self._save(session)
+                    await self._sync.save(session)
         finally:
             if not self._store_is_live:
-                await self._forget(session)
-
-    async def _save(self, session: HttpSession) -> None:
-        if (
-            self._store_is_live
-            and session._stored
-            and not session._meta_changed
-            and session._previous_id is None
-        ):
-            session._changed_names = None  # live objects: the store already holds the change
-            return
-        changed = session._take_changes()
-        mode = self.settings.save_mode
-        if mode == "always":
-            changed.update(session._attributes)
-        elif mode == "on_get":
-            changed.update(session._take_reads())
-        previous = session._previous_id
-        if not changed and session._stored and not session._meta_changed and previous is None:
-            return
-        try:
-            if previous is not None and session._stored:
-                await self.store.rename(previous, session)
-                if previous in self._locks:
-                    self._locks[session._id] = self._locks.pop(previous)
-            session._previous_id = None
-            if not self._store_is_live:
-                self._notify_values(session, "session_will_passivate")
-            if not await self.store.save(session, changed, self.clock()):
-                logger.warning(
-                    "session %r ended in another process while in use here; changes dropped",
-                    session,
-                )
-            session._meta_changed = False
-            session._principal_changed = False
-        except BaseException:
-            if session._previous_id is None:
-                session._previous_id = previous
-            for name in changed:  # keep them marked: a later flush or release writes them
-                session._mark_changed(name)
-            raise
-
-    async def _delete_stored(self, session: HttpSession) -> None:
-        if session._stored and not self._store_is_live:
-            for session_id in {session._id, session._previous_id}:
-                if session_id is not None:
-                    await self.store.delete(session_id)
-            session._stored = False
-
-    async def _forget(self, session: HttpSession) -> None:
-        """Let go of a session no request of this process uses any more (persistent stores)."""
-        if self._store_is_live or session._in_flight > 0:
-            return
-        if self._live.get(session._id) is session:
-            del self._live[session._id]
-        token = self._locks.pop(session._id, None)
-        if token is not None:
-            await self.store.release_lock(session._id, token)
-
-    def _notify_values(self, session: HttpSession, method_name: str) -> None:
-        """Activation events go to the attribute values that listen for them."""
-        event = None
-        for value in list(session._attributes.values()):
-            if hasattr(value, method_name):
-                event = event or HttpSessionEvent(session)
-                deliver_to_value(session, value, method_name, event)
+                await self._sync.forget(session)
 
     # --- ID change and invalidation ----------------------------------------------------------
 
@@ -392,22 +273,22 @@ class SessionManager:
         previous, session._previous_id = session._previous_id, None
         if previous is not None and session._stored:
             await self.store.rename(previous, session)
-            if previous in self._locks:
-                self._locks[new_id] = self._locks.pop(previous)
+            if previous in self._sync.locks:
+                self._sync.locks[new_id] = self._sync.locks.pop(previous)
         return new_id
 
     async def invalidate(self, session: HttpSession) -> None:
         """``session.invalidate()``, then wait for its listeners and remove it from the store."""
         session.invalidate()
         await settle(session)
-        await self._delete_stored(session)
+        await self._sync.delete_stored(session)
 
     async def _end(self, session: HttpSession, reason: str) -> None:
         """End ``session`` whether a request of this process holds it or it was just loaded."""
         if self._store_is_live or self._live.get(session._id) is session:
             session._expire(reason)
             await settle(session)
-            await self._delete_stored(session)
+            await self._sync.delete_stored(session)
         else:
             await self._destroy(session, reason)
 
