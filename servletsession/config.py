@@ -134,8 +134,11 @@ class ManagerSettings(BaseModel):
     save_mode: Literal["on_set", "on_get", "always"] = "on_set"
     locking: Literal["none", "session"] = "none"
     lock_timeout: float = 10.0
+    websocket_touch_interval: float | None = 60.0
 
-    @field_validator("absolute_timeout", "reaper_interval", "lock_timeout")
+    @field_validator(
+        "absolute_timeout", "reaper_interval", "lock_timeout", "websocket_touch_interval"
+    )
     @classmethod
     def _positive_seconds(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:

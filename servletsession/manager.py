@@ -30,6 +30,7 @@ from .session import HttpSession
 from .stats import SessionStats, StatsCounter
 from .stores.base import SessionStore
 from .stores.memory import MemoryStore
+from .websockets import SessionSockets
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -67,6 +68,7 @@ class SessionManager:
         save_mode: Literal["on_set", "on_get", "always"] = "on_set",
         locking: Literal["none", "session"] = "none",
         lock_timeout: float = 10.0,
+        websocket_touch_interval: float | None = 60.0,
         models: Iterable[type[BaseModel]] = (),
         clock: Clock = time.time,
     ) -> None:
@@ -83,6 +85,7 @@ class SessionManager:
             save_mode=save_mode,
             locking=locking,
             lock_timeout=lock_timeout,
+            websocket_touch_interval=websocket_touch_interval,
         )
         if store is not None and not isinstance(store, SessionStore):
             raise TypeError(
@@ -105,6 +108,7 @@ class SessionManager:
         self._reaper = Reaper(self.reap, self.settings.reaper_interval)
         self._limits = SessionLimits(self)
         self._sync = StoreSync(self)
+        self._sockets = SessionSockets()
         settings = self.settings
         #: Whether sessions need work as the response starts: a store that leaves the process
         #: saves then, and limits decided at save time are applied then.
@@ -141,6 +145,7 @@ class SessionManager:
         if self._live.get(session._id) is session:
             del self._live[session._id]
         self._counter.ended(reason, self.clock() - session._creation_time)
+        self._sockets.session_ended(session)
 
     # --- creation and lookup -----------------------------------------------------------------
 
@@ -282,6 +287,25 @@ class SessionManager:
         session.invalidate()
         await settle(session)
         await self._sync.delete_stored(session)
+
+    async def touch(self, session: HttpSession) -> bool:
+        """Count a long-lived connection's presence as activity: restart the session's idle
+        clock and, on a shared store, its stored deadline. ``False`` if the session has ended —
+        here, or in another process (its save finds nothing to update)."""
+        if not session._valid:
+            return False
+        now = self.clock()
+        session._idle_since = now
+        if self._store_is_live or not session._stored:
+            return True
+        if await self.store.save(session, set(), now):
+            return True
+        session._valid = False  # ended elsewhere; that process fired its listeners
+        session._stored = False
+        if self._live.get(session._id) is session:
+            del self._live[session._id]
+        self._sockets.session_ended(session)
+        return False
 
     async def _end(self, session: HttpSession, reason: str) -> None:
         """End ``session`` whether a request of this process holds it or it was just loaded."""

@@ -19,6 +19,7 @@ from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
 from .stores.base import SessionStore
+from .websockets import SessionWebSocket
 
 logger = logging.getLogger("servletsession")
 
@@ -124,12 +125,13 @@ class SessionMiddleware:
         scope[SCOPE_KEY] = context
         writes_through = not manager._store_is_live
         refused = False
+        socket: SessionWebSocket | None = None
 
         async def send_with_session(message: Message) -> None:
-            nonlocal refused
+            nonlocal refused, socket
             kind = message["type"]
-            if refused:
-                return  # a 503 went out instead of the app's response
+            if refused or (socket is not None and socket.closed):
+                return  # a 503, or a close because the session ended, went out instead
             if kind in _START and not context.started:
                 context.started = True
                 if not context._joined and not context.consulted and not context._found:
@@ -150,6 +152,13 @@ class SessionMiddleware:
                         )
                         return
                 _add_session_headers(message, context)
+                if kind == "websocket.accept":
+                    session = context.get_session(create=False)
+                    if session is not None:
+                        await send(message)
+                        socket = SessionWebSocket(manager, session, send)
+                        socket.start()
+                        return
             elif (
                 writes_through
                 and kind == "http.response.body"
@@ -167,6 +176,8 @@ class SessionMiddleware:
             logger.warning("%s", exc)
             await _send_unavailable(scope, send, exc.retry_after, "too many active sessions")
         finally:
+            if socket is not None:
+                await socket.stop()
             if context._joined:
                 try:
                     await context.finish()
