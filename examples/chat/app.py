@@ -14,7 +14,8 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -124,6 +125,7 @@ def create_app(
     secure: bool = True,
     token_delay: float | None = None,
     store_url: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the demo app; arguments default to the environment variables above."""
     url = store_url or os.environ.get("CHAT_STORE_URL", "memory://")
@@ -133,6 +135,7 @@ def create_app(
         max_inactive_interval=max_inactive_interval
         or int(os.environ.get("CHAT_IDLE_TIMEOUT", "1800")),
         reaper_interval=reaper_interval or float(os.environ.get("CHAT_REAPER_INTERVAL", "60")),
+        clock=clock,
     )
     app = Starlette(
         routes=[
