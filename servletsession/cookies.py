@@ -24,7 +24,7 @@ _SIGNATURE_LENGTH = 43  # an HMAC-SHA256 digest in unpadded URL-safe base64
 COOKIE_VALUE_LENGTH = ID_LENGTH + 1 + _SIGNATURE_LENGTH
 _ID_RE = re.compile(rb"[A-Za-z0-9_-]{%d}" % ID_LENGTH)
 _VALUE_RE = re.compile(rb"[A-Za-z0-9_-]{%d}\.[A-Za-z0-9_-]{%d}" % (ID_LENGTH, _SIGNATURE_LENGTH))
-_REF_SALT = secrets.token_bytes(16)
+_REF_KEY = b"servletsession.session-ref"  # domain separation: refs agree across workers
 _VERIFIED_CACHE_SIZE = 10_000  # entries in each cache of verified cookies
 _CACHED_HEADER_LENGTH = 512  # longer Cookie headers are parsed every time (bounds the cache)
 
@@ -40,9 +40,10 @@ def is_well_formed_id(session_id: str) -> bool:
 
 
 def session_ref(session_id: str) -> str:
-    """A short, process-salted hash of an ID: safe for logs and ``repr``, useless to an attacker."""
-    digest = hashlib.blake2s(session_id.encode(), key=_REF_SALT, digest_size=6).hexdigest()
-    return digest
+    """A short keyed hash of an ID (48 bits of BLAKE2s) for logs, ``repr``, the admin app and the
+    CLI: the same in every worker, so they can be correlated, and nothing of the 256-bit ID it
+    came from can be recovered from it (it is no use to forge a cookie either)."""
+    return hashlib.blake2s(session_id.encode(), key=_REF_KEY, digest_size=6).hexdigest()
 
 
 class _HMACSHA256(SigningAlgorithm):

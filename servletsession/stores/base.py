@@ -107,6 +107,11 @@ class SessionStore(ABC):
         scan of all sessions). The index follows expiry, invalidation and ID changes."""
 
     @abstractmethod
+    async def session_ids(self, offset: int, limit: int) -> list[str]:
+        """A page of the stored sessions' IDs, in a stable order: for operators (the admin app,
+        the CLI), never for request handling."""
+
+    @abstractmethod
     async def least_recent(self, count: int, now: float) -> list[str]:
         """Up to ``count`` IDs of the sessions closest to their idle deadline (for sessions with
         one idle timeout: the least recently used), for ``evict_lru``."""

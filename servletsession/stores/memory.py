@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING
@@ -115,6 +116,9 @@ class MemoryStore(SessionStore):
         if not ids:
             del self._by_principal[principal]
         return live
+
+    async def session_ids(self, offset: int, limit: int) -> list[str]:
+        return list(itertools.islice(self._sessions, offset, offset + limit))
 
     async def least_recent(self, count: int, now: float) -> list[str]:
         """Pop heap entries until the earliest ``count`` are current, then put them back."""

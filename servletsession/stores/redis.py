@@ -324,6 +324,15 @@ class RedisStore(SerializingStore):
             raise _unavailable(exc) from exc
         return live
 
+    async def session_ids(self, offset: int, limit: int) -> list[str]:
+        try:
+            return [
+                _text(m)
+                for m in await self.client.zrange(self._expiries, offset, offset + limit - 1)
+            ]
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+
     async def least_recent(self, count: int, now: float) -> list[str]:
         """The sorted set lags read-only touches, so look at a few more candidates than asked,
         re-file them by their real deadline, and take the earliest."""

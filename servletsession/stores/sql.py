@@ -313,6 +313,12 @@ class SQLStore(SerializingStore):
         async with self._transaction() as conn:
             return list((await conn.execute(query)).scalars())
 
+    async def session_ids(self, offset: int, limit: int) -> list[str]:
+        s = self.sessions.c
+        query = select(s.id).order_by(s.id).offset(offset).limit(limit)
+        async with self._transaction() as conn:
+            return list((await conn.execute(query)).scalars())
+
     async def least_recent(self, count: int, now: float) -> list[str]:
         s = self.sessions.c
         query = select(s.id).order_by(s.expires_at.is_(None), s.expires_at).limit(count)
