@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from servletsession import SessionManager
 from servletsession.cli import main
 from servletsession.cookies import session_ref
-from servletsession.stores import SQLStore
+from servletsession.stores import RedisStore, SQLStore
 
 
 def seed(url: str, *, expired: int = 0, live: int = 2, principal: str = "ada") -> list[str]:
@@ -95,3 +96,51 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(argv: list[str], message:
     assert message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_the_cli_works_on_postgresql_and_redis(
+    kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .stores.conftest import POSTGRES_URL, REDIS_URL, require
+
+    asyncio.run(require(kind))
+    tag = uuid.uuid4().hex[:8]
+    url, prefix = (
+        (POSTGRES_URL, f"cli{tag}_") if kind == "postgresql" else (REDIS_URL, f"clitest:{tag}:")
+    )
+
+    async def seed_and_clean(seed: bool) -> None:
+        store = (
+            SQLStore(url, table_prefix=prefix)
+            if kind == "postgresql"
+            else RedisStore(url, prefix=prefix)
+        )
+        manager = SessionManager(store)
+        if seed:
+            for name in ("ada", "bob"):
+                session = manager.create_session()
+                session["n"] = 1
+                session.principal = name
+                await manager.release(session)
+        elif isinstance(store, SQLStore):
+            async with store.engine.begin() as conn:
+                await conn.run_sync(store.metadata.drop_all)
+        else:
+            keys = [key async for key in store.client.scan_iter(match=prefix + "*")]
+            if keys:
+                await store.client.delete(*keys)
+        await manager.close()
+
+    asyncio.run(seed_and_clean(True))
+    try:
+        assert main(["stats", "--store", url, "--prefix", prefix]) == 0
+        assert "sessions: 2" in capsys.readouterr().out
+        assert main(["invalidate", "--store", url, "--prefix", prefix, "--principal", "ada"]) == 0
+        assert main(["list", "--store", url, "--prefix", prefix, "--json"]) == 0
+        listed = capsys.readouterr().out
+        assert '"principal": "bob"' in listed
+        assert '"principal": "ada"' not in listed
+        assert main(["purge-expired", "--store", url, "--prefix", prefix]) == 0
+    finally:
+        asyncio.run(seed_and_clean(False))

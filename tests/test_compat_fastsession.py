@@ -8,14 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servletsession import ConfigurationError
+from servletsession import ConfigurationError, SessionManager
 from servletsession.compat.fastsession import (
     FasterSessionMiddleware,
     FastSessionMiddleware,
     MemoryStore,
 )
 
-from .conftest import SECRET, client
+from .conftest import SECRET, FakeClock, client
 
 pytestmark = pytest.mark.anyio
 
@@ -93,3 +93,17 @@ def test_a_short_secret_key_fails_with_a_clear_message() -> None:
     app = Starlette()
     with pytest.raises(ConfigurationError, match="use at least 32"):
         FastSessionMiddleware(app, secret_key="short", store=MemoryStore())
+
+
+async def test_sessions_now_expire(clock: FakeClock) -> None:
+    manager = SessionManager(clock=clock, max_inactive_interval=60)
+    app = Starlette(routes=[Route("/chat", chat)])
+    app.add_middleware(
+        FastSessionMiddleware, secret_key=SECRET, manager=manager, session_cookie="sid"
+    )
+    async with client(app) as http:
+        await http.get("/chat", params={"say": "one"})
+        clock.advance(61)
+        after = await http.get("/chat", params={"say": "two"})
+    assert after.json()["history"] == ["two"]
+    assert (await manager.stats()).expired == 1

@@ -94,7 +94,11 @@ class _InstallFastSession:
 
 
 class FastSessionMiddleware:
-    """``fastsession.FastSessionMiddleware``'s parameters, servletsession's behaviour."""
+    """``fastsession.FastSessionMiddleware``'s parameters, servletsession's behaviour.
+
+    Further keyword options go to :class:`~servletsession.SessionMiddleware` (``manager=``,
+    ``max_inactive_interval=``, ``cookie_name`` aside).
+    """
 
     def __init__(
         self,
@@ -123,7 +127,7 @@ class FastSessionMiddleware:
                 [(h["header_name"].lower().encode(), h["header_value"].encode()) for h in skip],
             ),
             secret_key=secret_key,
-            store=store if store is not None else MemoryStore(),
+            store=store if store is not None or "manager" in options else MemoryStore(),
             http_only=http_only,
             secure=secure,
             same_site=(same_site or "lax").lower(),
