@@ -51,13 +51,10 @@ def summarize(manager: SessionManager, session: HttpSession) -> SessionSummary:
 
 
 async def _sessions(manager: SessionManager, offset: int, limit: int) -> list[HttpSession]:
-    now = manager.clock()
     found = []
     for session_id in await manager.store.session_ids(offset, limit):
-        session = manager._live.get(session_id)
-        if session is None:
-            session = await manager.store.load(session_id, manager, now, touch=False)
-        if session is not None and session._valid:
+        session = await manager.peek(session_id)
+        if session is not None:
             found.append(session)
     return found
 
@@ -76,17 +73,10 @@ async def find_by_ref(manager: SessionManager, ref: str) -> HttpSession | None:
         page = await manager.store.session_ids(offset, PAGE)
         for session_id in page:
             if session_ref(session_id) == ref:
-                return (await _sessions_by_id(manager, session_id)) or None
+                return await manager.peek(session_id)
         if len(page) < PAGE:
             return None
         offset += PAGE
-
-
-async def _sessions_by_id(manager: SessionManager, session_id: str) -> HttpSession | None:
-    session = manager._live.get(session_id)
-    if session is None:
-        session = await manager.store.load(session_id, manager, manager.clock(), touch=False)
-    return session if session is not None and session._valid else None
 
 
 async def invalidate_ref(manager: SessionManager, ref: str) -> bool:

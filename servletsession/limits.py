@@ -114,8 +114,6 @@ class SessionLimits:
             sid for sid in await manager.store.least_recent(count + 1, now) if sid != keep._id
         ]
         for session_id in victims[:count]:
-            victim = manager._live.get(session_id)
-            if victim is None:
-                victim = await manager.store.load(session_id, manager, now, touch=False)
-            if victim is not None and victim._valid:
+            victim = await manager.peek(session_id)
+            if victim is not None:
                 await manager._end(victim, "evicted")

@@ -338,15 +338,20 @@ class SessionManager:
         Sessions a request of this process is using are those very objects; the others are
         read from the store without counting as an access.
         """
-        now = self.clock()
         found = []
-        for session_id in await self.store.sessions_of(principal, now):
-            session = self._live.get(session_id)
-            if session is None:
-                session = await self.store.load(session_id, self, now, touch=False)
-            if session is not None and session._valid and session._principal == principal:
+        for session_id in await self.store.sessions_of(principal, self.clock()):
+            session = await self.peek(session_id)
+            if session is not None and session._principal == principal:
                 found.append(session)
         return found
+
+    async def peek(self, session_id: str) -> HttpSession | None:
+        """The valid session with this ID, for looking at, not joining: the object a request of
+        this process holds, or else a copy read from the store without counting as an access."""
+        session = self._live.get(session_id)
+        if session is None and not self._store_is_live:
+            session = await self.store.load(session_id, self, self.clock(), touch=False)
+        return session if session is not None and session._valid else None
 
     async def invalidate_all(self, principal: str, keep: HttpSession | str | None = None) -> int:
         """Invalidate every session of ``principal`` except ``keep`` (a session or its ID): log
