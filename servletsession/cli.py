@@ -75,7 +75,7 @@ def _when(timestamp: float) -> str:
 
 async def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     console = Console()
@@ -112,6 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
             total = 0
             columns = (
                 SpinnerColumn(),
+                BarColumn(),  # pulses: how many are due is not known in advance
                 TextColumn("purging expired sessions: {task.completed} removed"),
                 TimeElapsedColumn(),
             )
