@@ -165,7 +165,14 @@ class SessionMiddleware:
                 and not message.get("more_body")
                 and context._joined
             ):
-                await context.flush()  # what changed while the body streamed
+                try:
+                    await context.flush()  # what changed while the body streamed
+                except StoreUnavailableError:
+                    # Too late for a 503: cut the response short rather than end it cleanly
+                    # over changes that were not saved.
+                    logger.error("session store unavailable at the end of a streamed response; "
+                                 "closing the connection without its last chunk")  # fmt: skip
+                    raise
             await send(message)
 
         try:
@@ -193,7 +200,7 @@ class SessionMiddleware:
         """Start the reaper at startup, stop it after the app's own shutdown handlers ran."""
         manager = self.manager
 
-        async def receive_and_start(message: Message | None = None) -> Message:
+        async def receive_and_start() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 manager.start_reaper()
