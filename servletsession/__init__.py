@@ -6,7 +6,12 @@ from .context import (
     is_requested_session_id_valid,
     requested_session_id,
 )
-from .errors import ConfigurationError, IllegalStateError, SessionLimitError
+from .errors import (
+    ConfigurationError,
+    IllegalStateError,
+    SessionLimitError,
+    StoreUnavailableError,
+)
 from .listeners import (
     HttpSessionActivationListener,
     HttpSessionAttributeListener,
@@ -41,6 +46,7 @@ __all__ = [
     "SessionMiddleware",
     "SessionStats",
     "SessionStore",
+    "StoreUnavailableError",
     "__version__",
     "change_session_id",
     "get_session",

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import redis
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from servletsession import SessionManager, get_session
+from servletsession import SessionManager, StoreUnavailableError, get_session
 from servletsession.stores.redis import RedisStore
 from servletsession.stores.sql import SQLStore
 
@@ -163,4 +163,38 @@ async def test_redis_killed_mid_load_gives_503_never_500_then_recovers(
         assert browser.cookie == cookies_before[index]
     for browser in browsers:
         await browser.close()
+    await manager.close()
+
+
+async def test_a_store_failing_at_the_end_of_a_stream_cuts_the_response_short(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FailsLate(SQLStore):
+        saves = 0
+
+        async def save(self, session: Any, changed_names: set[str], now: float) -> bool:
+            FailsLate.saves += 1
+            if FailsLate.saves > 1:
+                raise StoreUnavailableError("the store went away")
+            return await super().save(session, changed_names, now)
+
+    async def stream(request: Request) -> Response:
+        session = get_session(request)
+        assert session is not None
+        session["first"] = 1
+
+        async def body() -> Any:
+            yield b"partial"
+            session["late"] = 2
+
+        return StreamingResponse(body())
+
+    manager = SessionManager(FailsLate(f"sqlite:///{tmp_path}/s.db"), clock=clock)
+    app = make_app(manager, [Route("/stream", stream)])
+    with (
+        caplog.at_level(logging.ERROR, logger="servletsession"),
+        pytest.raises(StoreUnavailableError),
+    ):
+        await Browser().get(app, "/stream")
+    assert "closing the connection without its last chunk" in caplog.text
     await manager.close()
