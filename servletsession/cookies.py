@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import Signer
 from itsdangerous.encoding import base64_encode
 from itsdangerous.signer import SigningAlgorithm
 
@@ -76,6 +76,21 @@ class _SessionIdSigner(Signer):
         key = secret_key.encode() if isinstance(secret_key, str) else secret_key
         derived = self._derived.get(key)
         return derived if derived is not None else super().derive_key(key)
+
+    def verify_id(self, value: bytes) -> str | None:
+        """The ID in ``value`` (``id.signature``) if a key signed it, else ``None``.
+
+        Unlike ``unsign``, only the canonical encoding of the signature is accepted: base64 of 32
+        bytes leaves two bits of its last character unused, so ``unsign`` would also take other
+        spellings of a valid signature — a tampered cookie that still works. Comparing the whole
+        re-encoded signature (constant time, every key newest first) refuses them.
+        """
+        session_id, _, signature = value.partition(b".")
+        for key in reversed(self.secret_keys):
+            expected = base64_encode(self.algorithm.get_signature(self._derived[key], session_id))
+            if hmac.compare_digest(expected, signature):
+                return session_id.decode("ascii")
+        return None
 
     def sign_id(self, session_id: str) -> bytes:
         """``sign()`` for an ASCII session ID, in itsdangerous' format (``value.signature``)."""
@@ -167,9 +182,8 @@ class CookieCodec:
             return verified, "valid"
         if len(found) != COOKIE_VALUE_LENGTH or _VALUE_RE.fullmatch(found) is None:
             return None, "malformed"
-        try:
-            session_id = self._signer.unsign(found).decode("ascii")
-        except BadSignature:
+        session_id = self._signer.verify_id(found)
+        if session_id is None:
             return None, "bad_signature"
         self._remember(found, session_id)
         return session_id, "valid"

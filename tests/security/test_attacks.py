@@ -223,3 +223,26 @@ async def test_session_ids_appear_in_no_log_line(
         assert session_id not in caplog.text
         assert session_id[:12] not in caplog.text
     await browser.close()
+
+
+@stores()
+async def test_another_spelling_of_a_valid_signature_is_refused(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    """Base64 of 32 bytes leaves the last character's two low bits unused: the next three
+    characters of the alphabet decode to the same signature. They must not work."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    _, app = process(store_factory, clock)
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    assert browser.cookie is not None
+    canonical = browser.cookie
+    last = alphabet.index(canonical[-1])
+    assert last % 4 == 0  # what the server issues is canonical
+    for twin in alphabet[last + 1 : last + 4]:
+        thief = Browser()
+        thief.cookie = canonical[:-1] + twin
+        assert (await thief.get(app, "/get/a")).json() == {"session": False}
+        await thief.close()
+    assert (await browser.get(app, "/get/a")).json() == {"session": True, "value": "1"}
+    await browser.close()
