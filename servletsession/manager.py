@@ -423,13 +423,7 @@ class SessionManager:
         ``reason``: ``"malformed"``, ``"duplicate"`` (cookie tossing), ``"bad_signature"`` or
         ``"unknown_id"`` (signed, but no live session: expired, invalidated, replayed).
         """
-        counter = self._counter
-        if reason == "bad_signature":
-            counter.bad_signatures += 1
-        elif reason == "unknown_id":
-            counter.unknown_ids += 1
-        else:
-            counter.malformed_cookies += 1
+        self._counter.cookie_rejected(reason)
         hooks = self._listeners.cookie_rejected
         if hooks:
             notify(hooks, CookieRejectedEvent(reason, scope), self._hook_tasks)

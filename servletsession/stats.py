@@ -68,6 +68,14 @@ class StatsCounter:
         self.total_alive_time += alive
         self.max_alive_time = max(self.max_alive_time, alive)
 
+    def cookie_rejected(self, reason: str) -> None:
+        if reason == "bad_signature":
+            self.bad_signatures += 1
+        elif reason == "unknown_id":
+            self.unknown_ids += 1
+        else:  # malformed, or sent twice
+            self.malformed_cookies += 1
+
     def snapshot(self, active: int) -> SessionStats:
         ended = self.expired + self.invalidated + self.evicted
         return SessionStats(

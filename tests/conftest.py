@@ -95,6 +95,16 @@ async def new_id(request: Request) -> Response:
     return Response("changed")
 
 
+async def login(request: Request) -> Response:
+    """The README's login: remember the user, bind the principal, rotate the ID (ASVS 7.2.4)."""
+    session = get_session(request)
+    assert session is not None
+    session["user"] = request.query_params["user"]
+    session.principal = request.query_params["user"]
+    change_session_id(request)
+    return Response("welcome")
+
+
 async def untouched(request: Request) -> Response:
     return Response("hello")
 

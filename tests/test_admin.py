@@ -5,26 +5,17 @@ from __future__ import annotations
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from servletsession import SessionManager, get_session
+from servletsession import SessionManager
 from servletsession.admin import AdminApp
 from servletsession.cookies import session_ref
 
-from .conftest import FakeClock, client, make_app
+from .conftest import FakeClock, client, login, make_app
 from .stores.helpers import Browser
 
 pytestmark = pytest.mark.anyio
 TOKEN = "let-me-in"
-
-
-async def login(request: Request) -> Response:
-    session = get_session(request)
-    assert session is not None
-    session["user"] = request.query_params["user"]
-    session.principal = request.query_params["user"]
-    return Response("ok")
 
 
 def admin_app(manager: SessionManager) -> Starlette:

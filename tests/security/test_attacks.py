@@ -12,24 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from servletsession import SessionManager, change_session_id, get_session
+from servletsession import SessionManager, get_session
 from servletsession.cookies import new_session_id
 
-from ..conftest import FakeClock, make_app
+from ..conftest import FakeClock, login, make_app
 from ..stores.conftest import SHARED_KINDS, StoreFactory, stores
 from ..stores.helpers import Browser, signed
 
 pytestmark = pytest.mark.anyio
 WRONG_KEY = "an-attacker-key-that-is-long-enough-0123456789"
-
-
-async def login(request: Request) -> Response:
-    session = get_session(request)
-    assert session is not None
-    session["user"] = request.query_params["user"]
-    session.principal = request.query_params["user"]
-    change_session_id(request)
-    return Response("welcome")
 
 
 async def logout(request: Request) -> Response:

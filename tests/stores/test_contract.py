@@ -29,6 +29,16 @@ class Profile(BaseModel):
     tags: list[str] = []
 
 
+class DestroyedRecorder:
+    """Records the attribute ``a`` of every session destroyed, as its listener saw it."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def session_destroyed(self, event: HttpSessionEvent) -> None:
+        self.seen.append(event.session.get_attribute("a"))
+
+
 class Appender:
     """Appends to a list attribute: the read-modify-write that needs a lock across processes."""
 
@@ -223,14 +233,10 @@ async def test_save_mode_on_get_writes_back_attributes_that_were_read(
 async def test_expired_session_fires_destroyed_exactly_once_across_reapers(
     store_factory: StoreFactory, clock: FakeClock, browser: Browser
 ) -> None:
-    seen: list[Any] = []
-
-    class Watch:
-        def session_destroyed(self, event: HttpSessionEvent) -> None:
-            seen.append(event.session.get_attribute("a"))
-
+    watch = DestroyedRecorder()
+    seen = watch.seen
     managers = [SessionManager(store_factory(save_period=0), clock=clock, max_inactive_interval=60,
-                               listeners=[Watch()]) for _ in range(3)]  # fmt: skip
+                               listeners=[watch]) for _ in range(3)]  # fmt: skip
     app = make_app(managers[0], ROUTES)
     await browser.post(app, "/set/a", params={"value": "kept"})
     clock.advance(61)
@@ -244,17 +250,13 @@ async def test_expired_session_fires_destroyed_exactly_once_across_reapers(
 async def test_expired_on_lookup_is_destroyed_once_and_not_returned(
     store_factory: StoreFactory, clock: FakeClock, browser: Browser
 ) -> None:
-    seen: list[Any] = []
-
-    class Watch:
-        def session_destroyed(self, event: HttpSessionEvent) -> None:
-            seen.append(event.session.get_attribute("a"))
-
+    watch = DestroyedRecorder()
+    seen = watch.seen
     a = SessionManager(
-        store_factory(save_period=0), clock=clock, max_inactive_interval=60, listeners=[Watch()]
+        store_factory(save_period=0), clock=clock, max_inactive_interval=60, listeners=[watch]
     )
     b = SessionManager(
-        store_factory(save_period=0), clock=clock, max_inactive_interval=60, listeners=[Watch()]
+        store_factory(save_period=0), clock=clock, max_inactive_interval=60, listeners=[watch]
     )
     await browser.post(make_app(a, ROUTES), "/set/a", params={"value": "v"})
     clock.advance(61)
