@@ -15,10 +15,11 @@ from servletsession import (
     HttpSessionEvent,
     SessionManager,
     SessionMiddleware,
+    change_session_id,
     get_session,
 )
 
-from ..conftest import SECRET, FakeClock, login, make_app
+from ..conftest import SECRET, FakeClock, make_app
 from .conftest import StoreFactory, stores
 from .helpers import Browser
 
@@ -32,6 +33,16 @@ class Destroyed:
 
     def session_destroyed(self, event: HttpSessionEvent) -> None:
         self.ended.append(event.session.get_attribute("name"))
+
+
+async def login(request: Request) -> Response:
+    """The README's login: bind the principal and rotate the ID (ASVS 7.2.4)."""
+    session = get_session(request)
+    assert session is not None
+    session.set_attribute("name", request.query_params["user"])
+    session.principal = request.query_params["user"]
+    change_session_id(request)
+    return Response("welcome")
 
 
 async def whoami(request: Request) -> Response:
