@@ -118,8 +118,8 @@ async def _run(args: argparse.Namespace) -> int:
             )
             with Progress(*columns, console=console, transient=False) as progress:
                 task = progress.add_task("purge", total=None)
-                while batch := await manager.store.claim_expired(manager, manager.clock(), 500):
-                    total += len(batch)
+                while removed := await manager.reap():
+                    total += removed
                     progress.update(task, completed=total)
             console.print(f"removed {total} expired session(s)")
         return 0

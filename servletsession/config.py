@@ -135,9 +135,14 @@ class ManagerSettings(BaseModel):
     locking: Literal["none", "session"] = "none"
     lock_timeout: float = 10.0
     websocket_touch_interval: float | None = 60.0
+    shutdown_timeout: float = 10.0
 
     @field_validator(
-        "absolute_timeout", "reaper_interval", "lock_timeout", "websocket_touch_interval"
+        "absolute_timeout",
+        "reaper_interval",
+        "lock_timeout",
+        "websocket_touch_interval",
+        "shutdown_timeout",
     )
     @classmethod
     def _positive_seconds(cls, value: float | None) -> float | None:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
 
-from .errors import IllegalStateError
+from .errors import IllegalStateError, SessionLimitError
+from .persistence import Visit
 from .session import HttpSession
 
 if TYPE_CHECKING:
@@ -28,13 +29,14 @@ class RequestSession(MutableMapping[str, Any]):
 
     __slots__ = (
         "_cookies",
-        "_found",
-        "_joined",
         "_manager",
         "_session",
         "consulted",
+        "found",
+        "refused",
         "requested_id",
         "started",
+        "visits",
     )
 
     def __init__(
@@ -44,18 +46,25 @@ class RequestSession(MutableMapping[str, Any]):
         self._cookies = cookies
         self.requested_id = requested_id  # the signature-verified ID the request carried
         self._session: HttpSession | None = None
-        self._found = False  # the requested ID named a live session when the request arrived
-        self._joined: list[HttpSession] = []
+        self.found = False  # the requested ID named a live session when the request arrived
+        self.visits: list[Visit] = []  # the sessions this request joined or created
         self.consulted = False  # the app looked at the session: responses vary by Cookie
         self.started = False  # the response (or websocket accept) has been sent
+        self.refused: SessionLimitError | None = None  # a limit refused the request
 
     async def load(self) -> None:
         if self.requested_id is not None:
-            session = await self._manager.join(self.requested_id)
+            visit = Visit()
+            session = await self._manager.join(self.requested_id, visit)
             if session is not None:
                 self._session = session
-                self._found = True
-                self._joined.append(session)
+                self.found = True
+                self.visits.append(visit)
+
+    @property
+    def session(self) -> HttpSession | None:
+        """The request's session, valid or not, without counting as a look."""
+        return self._session
 
     def get_session(self, create: bool = True) -> HttpSession | None:
         self.consulted = True
@@ -70,9 +79,14 @@ class RequestSession(MutableMapping[str, Any]):
                 "can no longer be sent; call get_session() before the response starts "
                 "(before returning a StreamingResponse, or before websocket.accept())"
             )
-        session = self._manager.create_session()
+        visit = Visit()
+        try:
+            session = self._manager.create_session(visit)
+        except SessionLimitError as exc:
+            self.refused = exc  # the middleware answers 503 whatever the app does with it
+            raise
         self._session = session
-        self._joined.append(session)
+        self.visits.append(visit)
         return session
 
     def change_session_id(self) -> str:
@@ -103,16 +117,31 @@ class RequestSession(MutableMapping[str, Any]):
             if session._id != self.requested_id:
                 return self._cookies.set_cookie(session._id)
             return None
-        return self._cookies.deletion() if self._found else None
+        return self._cookies.deletion() if self.found else None
 
     async def flush(self) -> None:
         """Write the request's changes now (as the response starts, and as it ends)."""
-        for session in self._joined:
-            await self._manager.flush(session)
+        for visit in self.visits:
+            await self._manager.flush(visit)
+
+    def refuse(self) -> None:
+        """The request is answered 503: none of its changes are written."""
+        for visit in self.visits:
+            self._manager.refuse(visit)
+
+    async def release_locks(self) -> None:
+        for visit in self.visits:
+            await self._manager.release_lock(visit)
 
     async def finish(self) -> None:
-        for session in self._joined:
-            await self._manager.release(session)
+        first_error: BaseException | None = None
+        for visit in self.visits:
+            try:
+                await self._manager.release(visit)
+            except Exception as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     # --- the lazy mapping (Starlette's request.session) --------------------------------------
 

@@ -84,5 +84,5 @@ async def invalidate_ref(manager: SessionManager, ref: str) -> bool:
     session = await find_by_ref(manager, ref)
     if session is None:
         return False
-    await manager._end(session, "invalidated")
+    await manager.end(session, "invalidated")
     return True

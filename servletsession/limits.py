@@ -16,32 +16,59 @@ OWASP ASVS v5 7.x asks for bounded sessions. The limits are checked where they c
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import SessionLimitError
 
 if TYPE_CHECKING:
-    from .manager import SessionManager
+    from .config import ManagerSettings
     from .session import HttpSession
+    from .stats import StatsCounter
+    from .stores.base import SessionStore
 
 _COUNT_TTL = 1.0  # seconds a shared store's session count is trusted
+
+
+class LimitsHost(Protocol):
+    """What the limit checks may ask of their manager."""
+
+    settings: ManagerSettings
+    store: SessionStore
+    shared: bool
+    clock: Callable[[], float]
+
+    @property
+    def counter(self) -> StatsCounter: ...
+    @property
+    def in_process(self) -> dict[str, HttpSession]: ...
+    async def sessions_of(self, principal: str) -> list[HttpSession]: ...
+    async def peek(self, session_id: str) -> HttpSession | None: ...
+    async def end(self, session: HttpSession, reason: str = ...) -> None: ...
 
 
 class SessionLimits:
     """The limit checks of one manager."""
 
-    def __init__(self, manager: SessionManager) -> None:
-        self._manager = manager
+    def __init__(self, host: LimitsHost) -> None:
+        self._host = host
+        settings = host.settings
         self._shared_count = 0
         self._counted_at = -_COUNT_TTL
         self._created_since_count = 0
+        #: Whether limits are decided as sessions are saved (the response starts).
+        self.enforcing = settings.max_sessions_per_principal is not None or (
+            settings.max_active_sessions is not None and settings.max_active_policy == "evict_lru"
+        )
+        #: Whether a joining request keeps what it found, to undo it if a limit refuses it.
+        self.snapshots = settings.max_sessions_per_principal is not None
 
     @property
     def active(self) -> int:
         """Sessions held now: exact for a live store, the refreshed count otherwise."""
-        manager = self._manager
-        if manager._store_is_live:
-            return len(manager._live)
+        host = self._host
+        if not host.shared:
+            return len(host.in_process)
         return self._shared_count + self._created_since_count
 
     def created(self) -> None:
@@ -49,71 +76,74 @@ class SessionLimits:
 
     async def refresh(self) -> None:
         """Refresh a shared store's count if it is older than a second (one round trip)."""
-        manager = self._manager
-        if manager._store_is_live or manager.settings.max_active_sessions is None:
+        host = self._host
+        if not host.shared or host.settings.max_active_sessions is None:
             return
         now = time.monotonic()
         if now - self._counted_at >= _COUNT_TTL:
-            self._shared_count = await manager.store.count()
+            self._shared_count = await host.store.count()
             self._counted_at = now
             self._created_since_count = 0
 
     def check_create(self) -> None:
         """Refuse a new session under ``"reject"`` when the limit is reached."""
-        settings = self._manager.settings
+        settings = self._host.settings
         limit = settings.max_active_sessions
         if limit is not None and settings.max_active_policy == "reject" and self.active >= limit:
-            self._manager._counter.rejected += 1
+            self._host.counter.rejected += 1
             raise SessionLimitError(limit, settings.retry_after)
 
     async def enforce(self, session: HttpSession) -> None:
-        """The checks that are decided when ``session`` is saved (see the module docstring)."""
-        manager = self._manager
-        settings = manager.settings
+        """The checks that are decided when ``session`` is saved (see the module docstring).
+        Raises :class:`SessionLimitError` for a refused binding; the caller undoes the request.
+        """
+        host = self._host
+        settings = host.settings
         if session._principal_changed and session._principal is not None:
             if settings.max_sessions_per_principal is not None:
                 await self._limit_principal(session, settings.max_sessions_per_principal)
-            if manager._store_is_live:
+            if not host.shared:
                 session._principal_changed = False  # nothing to write: the index is live
         limit = settings.max_active_sessions
         if (
             limit is not None
             and settings.max_active_policy == "evict_lru"
-            and not session._stored
-            and session._attributes
+            and not (session._stored and host.shared)
+            and session._is_new
         ):
-            held = await manager.store.count() + (0 if manager._store_is_live else 1)
+            held = await host.store.count() + (1 if host.shared else 0)
             if held > limit:
                 await self._evict(held - limit, keep=session)
 
     async def _limit_principal(self, session: HttpSession, limit: int) -> None:
-        manager = self._manager
+        host = self._host
         principal = session._principal
         assert principal is not None
-        others = [s for s in await manager.sessions_of(principal) if s._id != session._id]
+        mine = {session._id, session._previous_id}
+        others = [
+            s
+            for s in await host.sessions_of(principal)
+            if s is not session and s._id not in mine
+        ]
         if len(others) < limit:
             return
-        if manager.settings.per_principal_policy == "reject":
-            manager.store.principal_changing(session, None)
-            session._principal = None
-            manager._counter.rejected += 1
+        if host.settings.per_principal_policy == "reject":
             raise SessionLimitError(
                 limit,
-                manager.settings.retry_after,
-                f"max_sessions_per_principal={limit} reached for this principal; the session was "
-                "not bound to it (end another session, or use policy 'evict_oldest')",
+                host.settings.retry_after,
+                f"max_sessions_per_principal={limit} reached for this principal; the request "
+                "was refused and changed nothing (end another session, or use policy "
+                "'evict_oldest')",
             )
         others.sort(key=lambda other: other._creation_time)
         for other in others[: len(others) - limit + 1]:
-            await manager._end(other, "evicted")
+            await host.end(other, "evicted")
 
     async def _evict(self, count: int, keep: HttpSession) -> None:
-        manager = self._manager
-        now = manager.clock()
-        victims = [
-            sid for sid in await manager.store.least_recent(count + 1, now) if sid != keep._id
-        ]
+        host = self._host
+        now = host.clock()
+        victims = [sid for sid in await host.store.least_recent(count + 1, now) if sid != keep._id]
         for session_id in victims[:count]:
-            victim = await manager.peek(session_id)
+            victim = await host.peek(session_id)
             if victim is not None:
-                await manager._end(victim, "evicted")
+                await host.end(victim, "evicted")

@@ -201,7 +201,7 @@ def deliver(session: HttpSession, methods: Iterable[Method], *args: Any) -> None
             _log_failure(method, session)
         else:
             if result is not None and inspect.isawaitable(result):
-                _chain(session, _guarded(session, method, result))
+                chain(session, _guarded(session, method, result))
         finally:
             delivering_for.reset(token)
 
@@ -252,18 +252,23 @@ def after_pending(session: HttpSession, step: Callable[[], None]) -> None:
         finally:
             delivering_for.reset(token)
 
-    _chain(session, run_step())
+    chain(session, run_step())
 
 
 async def settle(session: HttpSession) -> None:
-    """Wait until every async delivery for ``session`` (including ones they trigger) is done."""
+    """Wait until every async delivery for ``session`` (including ones they trigger) is done.
+
+    A failure of the chain itself (a store claim that could not be made) is raised, once."""
     while (tail := session._listener_tail) is not None:
-        await tail
-        if session._listener_tail is tail:
-            session._listener_tail = None
+        try:
+            await tail
+        finally:
+            if session._listener_tail is tail:
+                session._listener_tail = None
 
 
-def _chain(session: HttpSession, work: Awaitable[None]) -> None:
+def chain(session: HttpSession, work: Awaitable[None]) -> None:
+    """Run ``work`` after every delivery already started for ``session`` (its event order)."""
     previous = session._listener_tail
 
     async def in_order() -> None:

@@ -1,7 +1,9 @@
 """``SessionManager``: creates, finds, saves, renames, expires and reaps sessions; owns listeners.
 
-It is the only thing that talks to the store. Route code reaches it through the request functions
-(``get_session`` and friends); operators and tests may use it directly.
+It is the only thing that talks to the store, through one of two strategies
+(:mod:`servletsession.persistence`): live objects for ``MemoryStore``, "the store decides" for a
+shared store. Route code reaches it through the request functions (``get_session`` and friends);
+operators and tests may use it directly.
 """
 
 from __future__ import annotations
@@ -14,23 +16,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ManagerSettings, validated
 from .cookies import is_well_formed_id, new_session_id
-from .errors import IllegalStateError
+from .errors import IllegalStateError, SessionLimitError
 from .limits import SessionLimits
-from .listeners import (
-    CookieRejectedEvent,
-    HttpSessionEvent,
-    ListenerRegistry,
-    deliver,
-    notify,
-    settle,
-)
-from .persistence import StoreSync
+from .listeners import CookieRejectedEvent, HttpSessionEvent, ListenerRegistry, deliver, notify
+from .listeners import settle
+from .live import LiveSessions
+from .persistence import Sessions, Visit
 from .reaper import Reaper
-from .session import HttpSession
+from .session import HttpSession, SessionOwner
+from .shared import SharedSessions
 from .stats import SessionStats, StatsCounter
 from .stores.base import SessionStore
 from .stores.memory import MemoryStore
-from .websockets import SessionSockets
+from .stores.serializing import SerializingStore
+from .websockets import SessionSockets, SessionWebSocket, Send
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -47,9 +46,11 @@ class SessionManager:
     ``clock`` returns seconds since the epoch; inject one to control time in tests. ``save_mode``
     picks which attributes a request writes back (Spring Session's ``SaveMode``): ``"on_set"``
     those set or removed, ``"on_get"`` also those read, ``"always"`` all. ``locking="session"``
-    serialises one session's requests, in this process and across processes (a lock in the
-    store, waited for up to ``lock_timeout`` seconds), for apps whose concurrent requests change
-    the same attribute; ``MemoryStore`` shares one live object instead and ignores it.
+    serialises one session's requests, in this process and across processes (a lock per request
+    in the store, its lease renewed while the request runs, waited for up to ``lock_timeout``
+    seconds), for apps whose concurrent requests change the same attribute; ``MemoryStore``
+    shares one live object instead and ignores it. ``shutdown_timeout`` bounds how long stopping
+    waits for a reaper tick to deliver the events of the sessions it claimed.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class SessionManager:
         locking: Literal["none", "session"] = "none",
         lock_timeout: float = 10.0,
         websocket_touch_interval: float | None = 60.0,
+        shutdown_timeout: float = 10.0,
         models: Iterable[type[BaseModel]] = (),
         clock: Clock = time.time,
     ) -> None:
@@ -86,6 +88,7 @@ class SessionManager:
             locking=locking,
             lock_timeout=lock_timeout,
             websocket_touch_interval=websocket_touch_interval,
+            shutdown_timeout=shutdown_timeout,
         )
         if store is not None and not isinstance(store, SessionStore):
             raise TypeError(
@@ -98,27 +101,36 @@ class SessionManager:
         self.clock = clock
         self._listeners = ListenerRegistry(listeners)
         self._counter = StatsCounter()
-        live = self.store.live_sessions()
-        self._store_is_live = live is not None
-        # Live store: its own map. Otherwise: the sessions requests of this process are using,
-        # so that concurrent requests of one session share one object.
-        self._live: dict[str, HttpSession] = live if live is not None else {}
+        self._sessions: Sessions
+        if isinstance(self.store, MemoryStore):
+            self._sessions = LiveSessions(self.store, self)
+        elif isinstance(self.store, SerializingStore):
+            self._sessions = SharedSessions(self.store, self)
+        else:
+            raise TypeError(f"{type(self.store).__name__} is neither a MemoryStore nor a SharedStore")
+        self.shared = isinstance(self._sessions, SharedSessions)
         self._track_reads = self.settings.save_mode == "on_get"
-        self._exclusive = self.settings.locking == "session" and not self._store_is_live
-        self._reaper = Reaper(self.reap, self.settings.reaper_interval)
         self._limits = SessionLimits(self)
-        self._sync = StoreSync(self)
         self._sockets = SessionSockets()
-        settings = self.settings
-        #: Whether sessions need work as the response starts: a store that leaves the process
-        #: saves then, and limits decided at save time are applied then.
-        self._enforcing = settings.max_sessions_per_principal is not None or (
-            settings.max_active_sessions is not None and settings.max_active_policy == "evict_lru"
+        self._reaper = Reaper(self.reap, lambda: self.settings.reaper_interval,
+                              self.settings.shutdown_timeout)  # fmt: skip
+        self._keeper = (
+            Reaper(self._sessions.keep_alive, self._sessions.tick, self.settings.shutdown_timeout,
+                   name="keeper")  # fmt: skip
+            if isinstance(self._sessions, SharedSessions)
+            else None
         )
-        self.flushes = not self._store_is_live or self._enforcing
+        #: Whether a request must do work as its response starts: a shared store saves then, and
+        #: limits decided at save time are applied then.
+        self.flushes = self.shared or self._limits.enforcing
         self._hook_tasks: set[asyncio.Task[Any]] = set()
+        self._direct: dict[HttpSession, list[Visit]] = {}  # create_session / find callers
 
-    # --- listeners (SessionOwner) ------------------------------------------------------------
+    # --- the session's owner (SessionOwner) and the strategies' host (SessionHost) ------------
+
+    @property
+    def owner(self) -> SessionOwner:
+        return self
 
     @property
     def listeners(self) -> ListenerRegistry:
@@ -136,28 +148,36 @@ class SessionManager:
         return self._value_check
 
     def expiry_changed(self, session: HttpSession) -> None:
-        self.store.expiry_changed(session)
+        if isinstance(self.store, MemoryStore):
+            self.store.expiry_changed(session)
 
     def principal_changing(self, session: HttpSession, new: str | None) -> None:
-        self.store.principal_changing(session, new)
+        if isinstance(self.store, MemoryStore):
+            self.store.principal_changing(session, new)
 
-    def session_expiring(self, session: HttpSession, reason: str) -> None:
-        if self._live.get(session._id) is session:
-            del self._live[session._id]
+    def session_expiring(self, session: HttpSession, reason: str) -> bool:
+        return self._sessions.session_expiring(session, reason)
+
+    def ended(self, session: HttpSession, reason: str) -> None:
         self._counter.ended(reason, self.clock() - session._creation_time)
+        self._sockets.session_ended(session)
+
+    def dropped(self, session: HttpSession) -> None:
         self._sockets.session_ended(session)
 
     # --- creation and lookup -----------------------------------------------------------------
 
-    def create_session(self) -> HttpSession:
-        """A new session, joined by the calling request; fires ``session_created``.
+    def create_session(self, visit: Visit | None = None) -> HttpSession:
+        """A new session, joined by the calling request (``visit``; without one, release it
+        with :meth:`release`); fires ``session_created``. Stored as the response starts, with or
+        without attributes.
 
         Raises :class:`SessionLimitError` when ``max_active_sessions`` is reached.
         """
         settings = self.settings
         self._limits.check_create()
         session_id = new_session_id()
-        while session_id in self._live:  # 256 random bits: never, but a guarantee is cheap
+        while session_id in self._sessions.in_process:  # 256 random bits: never, but cheap
             session_id = new_session_id()
         session = HttpSession(
             self,
@@ -168,7 +188,11 @@ class SessionManager:
         )
         session._in_flight = 1
         session._track_reads = self._track_reads
-        self._live[session_id] = session
+        if visit is None:
+            visit = Visit()
+            self._direct.setdefault(session, []).append(visit)
+        visit.session, visit.created = session, True
+        self._sessions.created(session, visit)
         self._limits.created()
         counter = self._counter
         counter.created += 1
@@ -179,78 +203,102 @@ class SessionManager:
         return session
 
     async def find(self, session_id: str) -> HttpSession | None:
-        """The live session with this ID, joined by the calling request; ``None`` if there is
-        none. A session found past its deadline is expired then and there (its listeners fire)
-        and ``None`` is returned: an expired session is never handed out.
+        """The live session with this ID, joined by the caller (give it back with
+        :meth:`release`); ``None`` if there is none. A session found past its deadline is
+        expired then and there (its listeners fire): an expired session is never handed out.
 
-        Raises :class:`StoreUnavailableError` if the store cannot be reached.
+        Raises :class:`StoreUnavailableError` if the store cannot answer.
         """
         if not is_well_formed_id(session_id):
             return None
-        return await self.join(session_id)
+        visit = Visit()
+        session = await self.join(session_id, visit)
+        if session is not None:
+            self._direct.setdefault(session, []).append(visit)
+        return session
 
-    async def join(self, session_id: str) -> HttpSession | None:
-        """:meth:`find` for an ID already validated (the middleware's, from a signed cookie)."""
-        if self._exclusive:
-            session = await self._sync.load_exclusively(session_id)
-        else:
-            session = self._live.get(session_id)
-            if session is None and not self._store_is_live:
-                session = await self._sync.load(session_id)
-        if session is None:
-            return None
-        now = self.clock()
-        if session._in_flight == 0 and session._expires_at() <= now:
-            await self._destroy(session, "expired")
-            await self._sync.forget(session)
-            return None
-        session._begin_access(now)
+    async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
+        """:meth:`find` for the middleware: an ID it verified, joined by ``visit``."""
+        session = await self._sessions.join(session_id, visit)
+        if session is not None and self._limits.snapshots:
+            visit.snapshot = (dict(session._attributes), session._principal)
         return session
 
     # --- saving ------------------------------------------------------------------------------
 
-    async def flush(self, session: HttpSession) -> None:
+    async def flush(self, visit: Visit) -> None:
         """Write what changed now, before the response goes out, so that the browser's next
-        request — on any process — sees it; limits decided at save time are applied here."""
-        if session._valid and self._enforcing:
-            await self._limits.enforce(session)
-        if self._store_is_live:
-            return
-        await settle(session)
-        if not session._valid:
-            await self._sync.delete_stored(session)
-        elif session._stored or session._attributes:
-            await self._sync.save(session)
+        request — on any process — sees it; limits decided at save time are applied here.
+        A request refused by a limit changes nothing (:class:`SessionLimitError`)."""
+        session = visit.session
+        assert session is not None
+        if session._valid and self._limits.enforcing and not visit.refused:
+            try:
+                await self._limits.enforce(session)
+            except SessionLimitError:
+                self._undo(visit)
+                raise
+        await self._sessions.flush(visit)
 
-    async def release(self, session: HttpSession) -> None:
-        """The calling request is done with ``session``: deliver its pending async events, then
-        save what changed — or drop it if it was invalidated, or if it is new and still empty
-        (empty sessions are never stored)."""
-        if session._listener_tail is not None:
-            await settle(session)
-        session._end_access(self.clock())
-        try:
-            if not session._valid:
-                await self._sync.delete_stored(session)
-            elif session._is_new and not session._attributes and session._in_flight == 0:
-                await self._destroy(session, "discarded")
-            else:
-                if self._enforcing:
-                    await self._limits.enforce(session)
-                if not (self._store_is_live and session._stored and not session._meta_changed):
-                    await self._sync.save(session)
-                elif session._previous_id is None:
-                    session._changed_names = None  # live objects: the store holds the change
-                else:
-                    await self._sync.save(session)
-        finally:
-            if not self._store_is_live:
-                await self._sync.forget(session)
+    async def release(self, target: Visit | HttpSession) -> None:
+        """The request is done with its session: deliver its pending async events, write what
+        changed (or drop it if it ended), let go of it here."""
+        visit = target if isinstance(target, Visit) else self._direct_visit(target)
+        session = visit.session
+        assert session is not None
+        if session._valid and self._limits.enforcing and not visit.refused:
+            try:
+                await self._limits.enforce(session)
+            except SessionLimitError as exc:
+                logger.warning("%s", exc)
+                self._undo(visit)
+        await self._sessions.release(visit)
+
+    async def release_lock(self, visit: Visit) -> None:
+        """Give back the request's session lock early (a websocket holds it for its handshake
+        only)."""
+        await self._sessions.release_lock(visit)
+
+    def refuse(self, visit: Visit) -> None:
+        """The request is answered 503: nothing of it will be written."""
+        if isinstance(self._sessions, SharedSessions):
+            self._sessions.refuse(visit)
+        else:
+            visit.refused = True
+
+    def _direct_visit(self, session: HttpSession) -> Visit:
+        visits = self._direct.get(session)
+        if not visits:
+            raise IllegalStateError("release(): this session was not joined by find/create")
+        visit = visits.pop()
+        if not visits:
+            del self._direct[session]
+        return visit
+
+    def _undo(self, visit: Visit) -> None:
+        """Take back what a request refused by a limit did: a session it created ends unstored;
+        an existing one gets its attributes and principal back, unsaved."""
+        session = visit.session
+        assert session is not None
+        self._counter.rejected += 1
+        if visit.created:
+            session._expire("discarded")
+            return
+        if visit.snapshot is not None:
+            attributes, principal = visit.snapshot
+            session._attributes.clear()
+            session._attributes.update(attributes)
+            self.principal_changing(session, principal)
+            session._principal = principal
+        session._changed_names = None
+        session._principal_changed = False
+        self.refuse(visit)
 
     # --- ID change and invalidation ----------------------------------------------------------
 
     def change_session_id_now(self, session: HttpSession) -> str:
-        """Give ``session`` a new ID at once in this process; the store follows on save.
+        """Give ``session`` a new ID at once in this process (the old one is refused here from
+        now on); the store follows as the response starts, or with :meth:`change_session_id`.
 
         Fires ``session_id_changed(event, old_session_id)``. Attributes and creation time stay.
         """
@@ -258,14 +306,14 @@ class SessionManager:
             raise IllegalStateError("change_session_id(): the session has been invalidated")
         old_id = session._id
         new_id = new_session_id()
-        while new_id in self._live:
+        while new_id in self._sessions.in_process:
             new_id = new_session_id()
-        if self._live.get(old_id) is session:
-            del self._live[old_id]
         session._id = new_id
-        self._live[new_id] = session
         if session._previous_id is None:
             session._previous_id = old_id
+        self._sessions.rename_now(session, old_id)
+        if isinstance(self.store, MemoryStore):
+            session._previous_id = None
         changed = self._listeners.session_id_changed
         if changed:
             deliver(session, changed, HttpSessionEvent(session), old_id)
@@ -275,60 +323,25 @@ class SessionManager:
         """Give ``session`` a new ID here and in the store; the old ID is dead once this returns."""
         new_id = self.change_session_id_now(session)
         await settle(session)
-        previous, session._previous_id = session._previous_id, None
-        if previous is not None and session._stored:
-            await self.store.rename(previous, session)
-            if previous in self._sync.locks:
-                self._sync.locks[new_id] = self._sync.locks.pop(previous)
+        await self._sessions.push(session)
         return new_id
 
     async def invalidate(self, session: HttpSession) -> None:
-        """``session.invalidate()``, then wait for its listeners and remove it from the store."""
+        """``session.invalidate()``, then wait until it is gone from the store and its listeners
+        have run."""
         session.invalidate()
         await settle(session)
-        await self._sync.delete_stored(session)
 
-    async def touch(self, session: HttpSession) -> bool:
-        """Count a long-lived connection's presence as activity: restart the session's idle
-        clock and, on a shared store, its stored deadline. ``False`` if the session has ended —
-        here, or in another process (its save finds nothing to update)."""
-        if not session._valid:
-            return False
-        now = self.clock()
-        session._idle_since = now
-        if self._store_is_live or not session._stored:
-            return True
-        if await self.store.save(session, set(), now):
-            return True
-        session._valid = False  # ended elsewhere; that process fired its listeners
-        session._stored = False
-        if self._live.get(session._id) is session:
-            del self._live[session._id]
-        self._sockets.session_ended(session)
-        return False
-
-    async def _end(self, session: HttpSession, reason: str) -> None:
-        """End ``session`` whether a request of this process holds it or it was just loaded."""
-        if self._store_is_live or self._live.get(session._id) is session:
-            session._expire(reason)
-            await settle(session)
-            await self._sync.delete_stored(session)
-        else:
-            await self._destroy(session, reason)
-
-    async def _destroy(self, session: HttpSession, reason: str) -> None:
-        """Expire or discard ``session``. In a shared store the deletion is the claim: only the
-        process whose delete removed it fires the listeners."""
-        if session._stored and not self._store_is_live:
-            claimed = await self.store.delete(session._id)
-            session._stored = False
-            if not claimed:  # another process is expiring it: end it here without events
-                session._valid = False
-                if self._live.get(session._id) is session:
-                    del self._live[session._id]
-                return
+    async def end(self, session: HttpSession, reason: str = "invalidated") -> None:
+        """End ``session`` (held by a request of this process, or just looked at): claimed in
+        the store first, so its ``session_destroyed`` fires once, on one process."""
         session._expire(reason)
         await settle(session)
+
+    async def touch(self, session: HttpSession) -> bool:
+        """Count a long-lived connection's presence as activity. ``False`` if the session has
+        ended — here, or in another process (the store no longer has it)."""
+        return await self._sessions.touch(session)
 
     # --- principals ------------------------------------------------------------------------
 
@@ -348,24 +361,31 @@ class SessionManager:
     async def peek(self, session_id: str) -> HttpSession | None:
         """The valid session with this ID, for looking at, not joining: the object a request of
         this process holds, or else a copy read from the store without counting as an access."""
-        session = self._live.get(session_id)
-        if session is None and not self._store_is_live:
-            session = await self.store.load(session_id, self, self.clock(), touch=False)
-        return session if session is not None and session._valid else None
+        return await self._sessions.peek(session_id)
 
     async def invalidate_all(self, principal: str, keep: HttpSession | str | None = None) -> int:
-        """Invalidate every session of ``principal`` except ``keep`` (a session or its ID): log
-        out everywhere, or everywhere else after a password change. Returns how many ended;
-        each fires ``session_destroyed`` once."""
-        keep_id = keep._id if isinstance(keep, HttpSession) else keep
+        """Invalidate every session of ``principal`` except ``keep`` (a session or its ID,
+        whatever that session's ID did during the request): log out everywhere, or everywhere
+        else after a password change. Returns how many ended; each fires ``session_destroyed``
+        once."""
+        if isinstance(keep, HttpSession):
+            kept = {keep._id, keep._previous_id}
+        else:
+            kept = {keep}
+            held = self._sessions.in_process.get(keep) if keep is not None else None
+            if held is not None:
+                kept.add(held._previous_id)
+        kept.discard(None)
         ended = 0
         for session in await self.sessions_of(principal):
-            if session._id != keep_id and session._valid:
-                await self._end(session, "invalidated")
+            if session._id in kept or session._previous_id in kept or session is keep:
+                continue
+            if session._valid:
+                await self.end(session, "invalidated")
                 ended += 1
         return ended
 
-    # --- the reaper --------------------------------------------------------------------------
+    # --- the reaper and the keeper -----------------------------------------------------------
 
     async def reap(self) -> int:
         """One reaper tick: expire every session past its deadline; return how many.
@@ -373,45 +393,59 @@ class SessionManager:
         Only sessions that are due are touched (the store indexes deadlines), each is claimed by
         exactly one process, and each fires ``session_destroyed`` with its attributes readable.
         """
-        now = self.clock()
-        total = 0
-        while True:
-            in_use = (
-                [sid for sid, s in self._live.items() if s._in_flight]
-                if not self._store_is_live
-                else ()
-            )
-            batch = await self.store.claim_expired(self, now, _REAP_BATCH, in_use)
-            for session in batch:
-                session._owner = self
-                session._expire("expired")
-                await settle(session)
-            total += len(batch)
-            if len(batch) < _REAP_BATCH:
-                return total
+        return await self._sessions.reap(_REAP_BATCH)
+
+    async def keep_alive(self) -> None:
+        """One keeper tick (shared stores): sessions in use here stay ahead of their deadline,
+        their lock leases are renewed, and their absolute timeout is enforced."""
+        await self._sessions.keep_alive()
 
     @property
     def reaper_running(self) -> bool:
         return self._reaper.running
 
     def start_reaper(self) -> None:
-        """Start the background reaper on the running event loop (idempotent)."""
+        """Start the background reaper (and keeper) on the running event loop (idempotent)."""
         self._reaper.start()
+        if self._keeper is not None:
+            self._keeper.start()
 
     def start_reaper_lazily(self) -> None:
         """Start the reaper unless it runs already or was stopped on purpose (shutdown)."""
         if self._reaper.idle:
-            self._reaper.start()
+            self.start_reaper()
 
     async def stop_reaper(self) -> None:
-        """Stop the background reaper and wait for it to finish its tick."""
+        """Stop the reaper and keeper; a tick under way finishes delivering what it claimed
+        (bounded by ``shutdown_timeout``)."""
         await self._reaper.stop()
+        if self._keeper is not None:
+            await self._keeper.stop()
+
+    # --- websockets --------------------------------------------------------------------------
+
+    def websocket_opened(self, session: HttpSession, send: Send) -> SessionWebSocket:
+        """Tie an accepted websocket to its session: kept alive while open, closed with 1008
+        when the session ends (here, elsewhere, or at its absolute timeout)."""
+        socket = SessionWebSocket(self._sockets, session, send, self.touch, self.end, self.clock,
+                                  self.settings.websocket_touch_interval)  # fmt: skip
+        socket.start()
+        return socket
 
     # --- operations --------------------------------------------------------------------------
 
     async def stats(self) -> SessionStats:
         """Counters since the manager started, and the number of sessions held now."""
         return self._counter.snapshot(await self.store.count())
+
+    @property
+    def counter(self) -> StatsCounter:
+        return self._counter
+
+    @property
+    def in_process(self) -> dict[str, HttpSession]:
+        """The sessions requests of this process are using (all of them, for MemoryStore)."""
+        return self._sessions.in_process
 
     async def before_request(self) -> None:
         """Refresh what a request may need decided synchronously (a shared store's count)."""
@@ -441,4 +475,7 @@ class SessionManager:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<SessionManager store={type(self.store).__name__} live={len(self._live)}>"
+        return (
+            f"<SessionManager store={type(self.store).__name__} "
+            f"in_process={len(self._sessions.in_process)}>"
+        )

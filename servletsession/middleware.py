@@ -9,7 +9,7 @@ events and saving what changed — after the response is finished.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,7 +19,9 @@ from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
 from .stores.base import SessionStore
-from .websockets import SessionWebSocket
+
+if TYPE_CHECKING:
+    from .websockets import SessionWebSocket
 
 logger = logging.getLogger("servletsession")
 
@@ -105,8 +107,7 @@ class SessionMiddleware:
             return
 
         manager = self.manager
-        if manager._reaper._task is None:
-            manager.start_reaper_lazily()
+        manager.start_reaper_lazily()
         session_id, outcome = self._cookies.read(scope["headers"])
         if session_id is None and outcome != "absent":
             manager.cookie_rejected(outcome, scope)
@@ -116,54 +117,61 @@ class SessionMiddleware:
                 await manager.before_request()
             if session_id is not None:
                 await context.load()
-                if context._session is None:
+                if context.session is None:
                     manager.cookie_rejected("unknown_id", scope)
         except StoreUnavailableError as exc:
             await self._unavailable(scope, send, exc)
             return
         scope["session"] = context
         scope[SCOPE_KEY] = context
-        writes_through = not manager._store_is_live
+        saves = manager.shared
         refused = False
         socket: SessionWebSocket | None = None
 
+        async def refuse(reason: str, retry_after: int) -> None:
+            nonlocal refused
+            refused = True
+            context.refuse()
+            await _send_unavailable(scope, send, retry_after, reason)
+
         async def send_with_session(message: Message) -> None:
-            nonlocal refused, socket
+            nonlocal socket
             kind = message["type"]
             if refused or (socket is not None and socket.closed):
                 return  # a 503, or a close because the session ended, went out instead
             if kind in _START and not context.started:
                 context.started = True
-                if not context._joined and not context.consulted and not context._found:
+                if context.refused is not None:  # the app turned the refusal into a response
+                    logger.warning("%s", context.refused)
+                    await refuse("session limit reached", context.refused.retry_after)
+                    return
+                if not context.visits and not context.consulted and not context.found:
                     await send(message)  # the app never looked at sessions: nothing to add
                     return
-                if context._joined and manager.flushes:
+                if context.visits and manager.flushes:
                     try:
                         await context.flush()
                     except StoreUnavailableError as exc:
-                        refused = True
-                        await self._unavailable(scope, send, exc)
+                        self._log_unavailable(exc)
+                        await refuse("session store unavailable", self._retry_after)
                         return
                     except SessionLimitError as exc:
-                        refused = True
                         logger.warning("%s", exc)
-                        await _send_unavailable(
-                            scope, send, exc.retry_after, "session limit reached"
-                        )
+                        await refuse("session limit reached", exc.retry_after)
                         return
                 _add_session_headers(message, context)
                 if kind == "websocket.accept":
+                    await context.release_locks()  # a websocket takes part in its handshake only
                     session = context.get_session(create=False)
                     if session is not None:
                         await send(message)
-                        socket = SessionWebSocket(manager, session, send)
-                        socket.start()
+                        socket = manager.websocket_opened(session, send)
                         return
             elif (
-                writes_through
+                saves
                 and kind == "http.response.body"
                 and not message.get("more_body")
-                and context._joined
+                and context.visits
             ):
                 try:
                     await context.flush()  # what changed while the body streamed
@@ -178,23 +186,30 @@ class SessionMiddleware:
         try:
             await self.app(scope, receive, send_with_session)
         except SessionLimitError as exc:
-            if context.started:
+            if not context.started:
+                logger.warning("%s", exc)
+                await refuse("session limit reached", exc.retry_after)
+            elif not refused:
                 raise
-            logger.warning("%s", exc)
-            await _send_unavailable(scope, send, exc.retry_after, "too many active sessions")
         finally:
             if socket is not None:
                 await socket.stop()
-            if context._joined:
+            if context.visits:
                 try:
                     await context.finish()
                 except StoreUnavailableError as exc:
                     logger.error("session store unavailable while finishing a request: %s", exc)
 
+    @property
+    def _retry_after(self) -> int:
+        return self.manager.settings.retry_after
+
+    def _log_unavailable(self, exc: StoreUnavailableError) -> None:
+        logger.error("%s; answering 503 (Retry-After: %s)", exc, self._retry_after)
+
     async def _unavailable(self, scope: Scope, send: Send, exc: StoreUnavailableError) -> None:
-        retry_after = self.manager.settings.retry_after
-        logger.error("%s; answering 503 (Retry-After: %s)", exc, retry_after)
-        await _send_unavailable(scope, send, retry_after, "session store unavailable")
+        self._log_unavailable(exc)
+        await _send_unavailable(scope, send, self._retry_after, "session store unavailable")
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the reaper at startup, stop it after the app's own shutdown handlers ran."""

@@ -1,163 +1,70 @@
-"""How a manager keeps its store in step with the sessions its requests use.
+"""How a manager keeps its sessions: the interface both strategies implement, and a request's visit.
 
-For a store that leaves the process: load each session once per process however many requests
-ask (single flight), take the cross-process lock when ``locking="session"``, write back what
-changed (per attribute, with the save mode), delete what ended, and let go of a session when no
-request uses it any more. Activation listeners hear about loads and saves here.
+``SessionManager`` holds policy (limits, listeners, timeouts); what it takes to keep sessions is
+one of two strategies, each given only what it needs (a :class:`SessionHost`):
+
+* :class:`~servletsession.live.LiveSessions` — ``MemoryStore``: the store holds the live objects.
+* :class:`~servletsession.shared.SharedSessions` — SQL, Redis: the store is the truth, and a
+  process's object is only a share among that process's concurrent requests of the session.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import secrets
-import time
-from typing import TYPE_CHECKING
-
-from .cookies import session_ref
-from .errors import StoreUnavailableError
-from .listeners import HttpSessionEvent, deliver_to_value
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .manager import SessionManager
-    from .session import HttpSession
-
-logger = logging.getLogger("servletsession")
+    from .config import ManagerSettings
+    from .session import HttpSession, SessionOwner
 
 
-class StoreSync:
-    """The store side of one :class:`~servletsession.SessionManager`."""
+class SessionHost(Protocol):
+    """What a strategy may ask of its manager."""
 
-    def __init__(self, manager: SessionManager) -> None:
-        self._manager = manager
-        self.loading: dict[str, asyncio.Future[None]] = {}
-        self.locks: dict[str, str] = {}  # session ID -> token of the store lock this process holds
+    settings: ManagerSettings
+    clock: Callable[[], float]
 
-    async def load(self, session_id: str) -> HttpSession | None:
-        """Load from the store, once per process however many requests ask at the same time."""
-        manager = self._manager
-        pending = self.loading.get(session_id)
-        if pending is not None:
-            await pending
-            return manager._live.get(session_id)
-        done = asyncio.get_running_loop().create_future()
-        self.loading[session_id] = done
-        try:
-            return await self._adopt(session_id)
-        finally:
-            del self.loading[session_id]
-            done.set_result(None)
+    @property
+    def owner(self) -> SessionOwner:
+        """The owner given to every session built (the manager)."""
 
-    async def load_exclusively(self, session_id: str) -> HttpSession | None:
-        """``locking="session"``: every request, of this process or another, takes the store's
-        lock before loading, and holds it until it releases the session."""
-        manager = self._manager
-        token = await self._lock(session_id)
-        try:
-            session = await self._adopt(session_id)
-        except BaseException:
-            await manager.store.release_lock(session_id, token)
-            raise
-        if session is None:
-            await manager.store.release_lock(session_id, token)
-        else:
-            self.locks[session_id] = token
-        return session
+    def ended(self, session: HttpSession, reason: str) -> None:
+        """This process ended ``session`` (its events fire here): count it, close its sockets."""
 
-    async def _adopt(self, session_id: str) -> HttpSession | None:
-        manager = self._manager
-        session = await manager.store.load(session_id, manager, manager.clock())
-        if session is not None:
-            session._track_reads = manager._track_reads
-            manager._live[session_id] = session
-            self.notify_values(session, "session_did_activate")
-        return session
+    def dropped(self, session: HttpSession) -> None:
+        """Another process ended ``session``: close its sockets here, no events."""
 
-    async def _lock(self, session_id: str) -> str:
-        manager = self._manager
-        token = secrets.token_urlsafe(16)
-        give_up = time.monotonic() + manager.settings.lock_timeout
-        ttl = manager.settings.lock_timeout * 3
-        delay = 0.002
-        while not await manager.store.acquire_lock(session_id, token, ttl, manager.clock()):
-            if time.monotonic() >= give_up:
-                raise StoreUnavailableError(
-                    f"session {session_ref(session_id)} stayed locked by another process for "
-                    f"lock_timeout={manager.settings.lock_timeout} s"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return token
 
-    async def save(self, session: HttpSession) -> None:
-        """Write what changed since the last save: a pending ID change first, then the
-        attributes the save mode picks, with the metadata. On failure everything stays marked,
-        so that a later flush or release writes it."""
-        manager = self._manager
-        if (
-            manager._store_is_live
-            and session._stored
-            and not session._meta_changed
-            and session._previous_id is None
-        ):
-            session._changed_names = None  # live objects: the store already holds the change
-            return
-        changed = session._take_changes()
-        mode = manager.settings.save_mode
-        if mode == "always":
-            changed.update(session._attributes)
-        elif mode == "on_get":
-            changed.update(session._take_reads())
-        previous = session._previous_id
-        if not changed and session._stored and not session._meta_changed and previous is None:
-            return
-        try:
-            if previous is not None and session._stored:
-                await manager.store.rename(previous, session)
-                if previous in self.locks:
-                    self.locks[session._id] = self.locks.pop(previous)
-            session._previous_id = None
-            if not manager._store_is_live:
-                self.notify_values(session, "session_will_passivate")
-            if not await manager.store.save(session, changed, manager.clock()):
-                logger.warning(
-                    "session %r ended in another process while in use here; changes dropped",
-                    session,
-                )
-            session._meta_changed = False
-            session._principal_changed = False
-        except BaseException:
-            if session._previous_id is None:
-                session._previous_id = previous
-            for name in changed:
-                session._mark_changed(name)
-            raise
+class Visit:
+    """One request's (or websocket's) use of one session: what it must give back when done."""
 
-    async def delete_stored(self, session: HttpSession) -> None:
-        """Remove an ended session from a store that leaves the process (under its current ID
-        and, if it changed during this request, the one it was stored under)."""
-        manager = self._manager
-        if session._stored and not manager._store_is_live:
-            for session_id in {session._id, session._previous_id}:
-                if session_id is not None:
-                    await manager.store.delete(session_id)
-            session._stored = False
+    __slots__ = ("created", "lock_token", "queued_id", "refused", "session", "snapshot")
 
-    async def forget(self, session: HttpSession) -> None:
-        """Let go of a session no request of this process uses any more (persistent stores)."""
-        manager = self._manager
-        if manager._store_is_live or session._in_flight > 0:
-            return
-        if manager._live.get(session._id) is session:
-            del manager._live[session._id]
-        token = self.locks.pop(session._id, None)
-        if token is not None:
-            await manager.store.release_lock(session._id, token)
+    def __init__(self) -> None:
+        self.session: HttpSession | None = None
+        self.created = False  # the request made the session
+        self.lock_token: str | None = None  # locking="session": this request's own lock
+        self.queued_id: str | None = None  # ...and its place in this process's queue
+        self.refused = False  # answered 503: nothing of this request is written
+        #: Attributes and principal when the request joined, for undoing a refused request.
+        self.snapshot: tuple[dict[str, Any], str | None] | None = None
 
-    def notify_values(self, session: HttpSession, method_name: str) -> None:
-        """Activation events go to the attribute values that listen for them."""
-        event = None
-        for value in list(session._attributes.values()):
-            if hasattr(value, method_name):
-                event = event or HttpSessionEvent(session)
-                deliver_to_value(session, value, method_name, event)
+
+class Sessions(Protocol):
+    """A strategy for keeping sessions (see the module docstring)."""
+
+    #: The sessions requests of this process are using, by ID.
+    in_process: dict[str, HttpSession]
+
+    async def join(self, session_id: str, visit: Visit) -> HttpSession | None: ...
+    def created(self, session: HttpSession, visit: Visit) -> None: ...
+    async def flush(self, visit: Visit) -> None: ...
+    async def release(self, visit: Visit) -> None: ...
+    async def release_lock(self, visit: Visit) -> None: ...
+    def rename_now(self, session: HttpSession, old_id: str) -> None: ...
+    async def push(self, session: HttpSession) -> None: ...
+    def session_expiring(self, session: HttpSession, reason: str) -> bool: ...
+    async def peek(self, session_id: str) -> HttpSession | None: ...
+    async def reap(self, batch: int) -> int: ...
+    async def keep_alive(self) -> None: ...
+    async def touch(self, session: HttpSession) -> bool: ...

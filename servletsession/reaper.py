@@ -1,4 +1,4 @@
-"""The background task that expires sessions nobody touches again."""
+"""A background task that runs a tick on an interval: the reaper, and the keeper of shared stores."""
 
 from __future__ import annotations
 
@@ -11,17 +11,28 @@ logger = logging.getLogger("servletsession")
 
 
 class Reaper:
-    """Calls ``tick`` every ``interval`` seconds on the running loop, until stopped.
+    """Calls ``tick`` every ``interval()`` seconds on the running loop, until stopped.
 
     A failing tick is logged and the next one comes as usual: a store that is down for a while
-    delays expiry, it does not end it.
+    delays expiry, it does not end it. Stopping never cuts a tick short while it delivers what it
+    claimed (claim and delivery are one unit): a tick under way may finish, for up to
+    ``shutdown_timeout`` seconds.
     """
 
-    def __init__(self, tick: Callable[[], Awaitable[int]], interval: float) -> None:
+    def __init__(
+        self,
+        tick: Callable[[], Awaitable[object]],
+        interval: Callable[[], float],
+        shutdown_timeout: float = 10.0,
+        name: str = "reaper",
+    ) -> None:
+        self._name = name
         self._tick = tick
         self._interval = interval
+        self._shutdown_timeout = shutdown_timeout
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._ticking = False
 
     @property
     def running(self) -> bool:
@@ -41,15 +52,23 @@ class Reaper:
     async def stop(self) -> None:
         self._stopped = True
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        if self._ticking:  # let the tick deliver what it claimed, then stop
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), self._shutdown_timeout)
+        if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopped:
+            await asyncio.sleep(self._interval())
+            self._ticking = True
             try:
                 await self._tick()
             except Exception:
-                logger.exception("session reaper tick failed; retrying in %s s", self._interval)
+                logger.exception("session %s tick failed; retrying", self._name)
+            finally:
+                self._ticking = False

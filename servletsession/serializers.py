@@ -50,17 +50,24 @@ class JSONSerializer:
         """The stored form of ``value``; ``TypeError`` naming ``name`` if it cannot be stored."""
         kind = type(value)
         model_name = self._names.get(kind)
-        if model_name is not None:
-            model_json = value.model_dump_json()
-            return pydantic_core.to_json(["m", model_name, model_json])
-        if kind is dt.datetime:
-            return pydantic_core.to_json(["dt", value.isoformat()])
-        if kind is dt.date:
-            return pydantic_core.to_json(["d", value.isoformat()])
-        problem = _plain_json_problem(value, 0)
-        if problem is not None:
-            raise TypeError(f"attribute {name!r}: {problem}")
-        return pydantic_core.to_json(["j", value])
+        try:
+            if model_name is not None:
+                model_json = value.model_dump_json()
+                return pydantic_core.to_json(["m", model_name, model_json])
+            if kind is dt.datetime:
+                return pydantic_core.to_json(["dt", value.isoformat()])
+            if kind is dt.date:
+                return pydantic_core.to_json(["d", value.isoformat()])
+            problem = _plain_json_problem(value, 0)
+            if problem is not None:
+                raise TypeError(f"attribute {name!r}: {problem}")
+            return pydantic_core.to_json(["j", value])
+        except (pydantic_core.PydanticSerializationError, UnicodeError, ValueError) as exc:
+            # A lone surrogate in a string (not valid UTF-8) or a model that cannot dump itself.
+            raise TypeError(
+                f"attribute {name!r}: a value of type {kind.__qualname__} cannot be written "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
 
     def loads(self, data: bytes | str) -> Any:
         """The value stored as ``data``; ``UnreadableValueError`` if it cannot be read back."""

@@ -27,6 +27,16 @@ from .listeners import (
 _ABSENT: Any = object()
 
 
+def _is_storable_principal(principal: object) -> bool:
+    if not isinstance(principal, str) or not 0 < len(principal) <= 255 or "\x00" in principal:
+        return False
+    try:
+        principal.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no store can write it
+        return False
+    return True
+
+
 class SessionOwner(Protocol):
     """What a session needs from its manager."""
 
@@ -39,8 +49,11 @@ class SessionOwner(Protocol):
         ``setAttribute``, not later at save time where the change would be lost silently);
         ``None`` when every value is accepted (live objects)."""
 
-    def session_expiring(self, session: HttpSession, reason: str) -> None:
-        """The session is being invalidated, expired or discarded: its ID is dead from now on."""
+    def session_expiring(self, session: HttpSession, reason: str) -> bool:
+        """The session is being invalidated or expired: its ID is dead in this process from now
+        on. ``True``: deliver ``session_destroyed`` now. ``False``: the owner delivers it once
+        the store confirms this process ended the session (``_destroy``), or never if another
+        process did (a shared store fires each session's events on exactly one process)."""
 
     def expiry_changed(self, session: HttpSession) -> None:
         """The session's idle or absolute timeout moved."""
@@ -64,6 +77,7 @@ class HttpSession(MutableMapping[str, Any]):
         "_attributes",
         "_changed_names",
         "_creation_time",
+        "_detached",
         "_expiring",
         "_expiry_mark",
         "_id",
@@ -73,7 +87,8 @@ class HttpSession(MutableMapping[str, Any]):
         "_last_accessed_time",
         "_listener_tail",
         "_max_inactive_interval",
-        "_meta_changed",
+        "_stored_expires",
+        "_timeouts_changed",
         "_owner",
         "_previous_id",
         "_principal",
@@ -116,8 +131,10 @@ class HttpSession(MutableMapping[str, Any]):
         self._changed_names: set[str] | None = None
         self._track_reads = False  # save_mode "on_get": attributes read are written back too
         self._read_names: set[str] | None = None
-        self._meta_changed = False
+        self._timeouts_changed = False
         self._stored = not is_new
+        self._stored_expires = math.inf  # the store's deadline as last seen (shared stores)
+        self._detached = False  # ended by another process: this copy is never written back
         self._previous_id: str | None = None
         self._principal: str | None = None
         self._principal_changed = False
@@ -158,7 +175,7 @@ class HttpSession(MutableMapping[str, Any]):
                 f"max_inactive_interval takes whole seconds (int), got {type(seconds).__name__}"
             )
         self._max_inactive_interval = seconds
-        self._meta_changed = True
+        self._timeouts_changed = True
         self._owner.expiry_changed(self)
 
     @property
@@ -176,7 +193,7 @@ class HttpSession(MutableMapping[str, Any]):
         ):
             raise ValueError(f"absolute_timeout takes positive seconds or None, got {seconds!r}")
         self._absolute_timeout = seconds
-        self._meta_changed = True
+        self._timeouts_changed = True
         self._owner.expiry_changed(self)
 
     @property
@@ -189,17 +206,17 @@ class HttpSession(MutableMapping[str, Any]):
     @principal.setter
     def principal(self, principal: str | None) -> None:
         self._check_valid()
-        if principal is not None and (
-            not isinstance(principal, str) or not 0 < len(principal) <= 255
-        ):
-            raise ValueError("principal takes a non-empty str of at most 255 characters, or None")
+        if principal is not None and not _is_storable_principal(principal):
+            raise ValueError(
+                "principal takes a non-empty str of at most 255 characters without NUL or lone "
+                "surrogates, or None"
+            )
         old = self._principal
         if principal == old:
             return
         self._owner.principal_changing(self, principal)
         self._principal = principal
         self._principal_changed = True
-        self._meta_changed = True
 
     @property
     def is_new(self) -> bool:
@@ -238,6 +255,9 @@ class HttpSession(MutableMapping[str, Any]):
         if value is None:
             self.remove_attribute(name)
             return
+        self._set(name, value)
+
+    def _set(self, name: str, value: Any) -> None:
         if type(name) is not str:
             raise TypeError(f"attribute names are str, got {type(name).__name__}")
         owner = self._owner
@@ -307,8 +327,8 @@ class HttpSession(MutableMapping[str, Any]):
 
     def _expire(self, reason: str) -> None:
         """Destroy the session, step by step as the Servlet spec orders it (cf. Tomcat's
-        ``StandardSession.expire()``). ``reason`` is ``"invalidated"``, ``"expired"`` or
-        ``"discarded"`` (an empty new session, never stored)."""
+        ``StandardSession.expire()``). ``reason`` is ``"invalidated"``, ``"expired"``,
+        ``"evicted"`` or ``"discarded"`` (a new session refused by a limit, never stored)."""
         if not self._valid:
             return
         # 1. Mark it expiring: route code now sees an invalid session, while the session's own
@@ -316,7 +336,11 @@ class HttpSession(MutableMapping[str, Any]):
         self._valid = False
         self._expiring = True
         # 2. The manager forgets the ID: from this moment no lookup in this process returns it.
-        self._owner.session_expiring(self, reason)
+        #    A shared store must first confirm that this process is the one ending it.
+        if self._owner.session_expiring(self, reason):
+            self._destroy()
+
+    def _destroy(self) -> None:
         # 3. ``session_destroyed``, listeners in reverse registration order, session still
         #    readable (Servlet spec: "notified before the session is invalidated").
         destroyed = self._owner.listeners.session_destroyed
@@ -325,6 +349,12 @@ class HttpSession(MutableMapping[str, Any]):
         # 4. Unbind every attribute (value_unbound, attribute_removed), once the destroyed
         #    listeners — async ones included — have finished reading them.
         after_pending(self, self._unbind_all)
+
+    def _drop(self) -> None:
+        """This process's claim found the session already ended by another: invalid here too,
+        without events (they fired there)."""
+        self._valid = False
+        self._expiring = False
 
     def _unbind_all(self) -> None:
         for name in list(self._attributes):
@@ -337,9 +367,10 @@ class HttpSession(MutableMapping[str, Any]):
 
     # --- the manager's side: access bookkeeping ----------------------------------------------
 
-    def _begin_access(self, now: float) -> None:
-        """A request joins the session (it arrived carrying the session's ID)."""
-        self._last_accessed_time = self._this_accessed_time
+    def _begin_access(self, now: float, previous: float | None = None) -> None:
+        """A request joins the session (it arrived carrying the session's ID); ``previous`` is
+        the start of the previous request when a shared store recorded it."""
+        self._last_accessed_time = self._this_accessed_time if previous is None else previous
         self._this_accessed_time = now
         self._idle_since = now
         self._is_new = False
@@ -355,9 +386,13 @@ class HttpSession(MutableMapping[str, Any]):
         deadline = math.inf
         if self._max_inactive_interval > 0:
             deadline = self._idle_since + self._max_inactive_interval
-        if self._absolute_timeout is not None:
-            deadline = min(deadline, self._creation_time + self._absolute_timeout)
-        return deadline
+        return min(deadline, self._absolute_deadline())
+
+    def _absolute_deadline(self) -> float:
+        """When the session ends however busy it is (``math.inf``: no absolute timeout)."""
+        if self._absolute_timeout is None:
+            return math.inf
+        return self._creation_time + self._absolute_timeout
 
     def _take_changes(self) -> set[str]:
         """The attribute names set or removed since the last save, and forget them."""
@@ -383,7 +418,10 @@ class HttpSession(MutableMapping[str, Any]):
         return self._attributes[name]
 
     def __setitem__(self, name: str, value: Any) -> None:
-        self.set_attribute(name, value)
+        # Dict semantics: ``session[k] = None`` stores None (only set_attribute removes).
+        if not self._valid:
+            self._check_valid()
+        self._set(name, value)
 
     def __delitem__(self, name: str) -> None:
         self._check_valid()

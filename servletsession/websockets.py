@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .manager import SessionManager
     from .session import HttpSession
 
 logger = logging.getLogger("servletsession")
 
 Closer = Callable[[], Coroutine[Any, Any, None]]
+Send = Callable[[Any], Awaitable[None]]
 CLOSE_CODE = 1008  # RFC 6455: policy violation — the session the connection relied on ended
 
 
@@ -50,25 +51,39 @@ class SessionSockets:
 
 
 class SessionWebSocket:
-    """One accepted websocket joined to a session."""
+    """One accepted websocket joined to a session.
+
+    It is handed what it may do, not its manager: ``touch`` (keep the session alive; ``False``
+    once it has ended anywhere), ``end`` (end it, at its absolute timeout), and the clock.
+    """
 
     def __init__(
-        self, manager: SessionManager, session: HttpSession, send: Callable[[Any], Awaitable[None]]
+        self,
+        sockets: SessionSockets,
+        session: HttpSession,
+        send: Send,
+        touch: Callable[[HttpSession], Awaitable[bool]],
+        end: Callable[[HttpSession, str], Awaitable[None]],
+        clock: Callable[[], float],
+        touch_interval: float | None,
     ) -> None:
-        self._manager = manager
+        self._sockets = sockets
         self._session = session
         self._send = send
+        self._touch = touch
+        self._end = end
+        self._clock = clock
+        self._interval = touch_interval
         self.closed = False
         self._keeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._manager._sockets.add(self._session, self.close)
-        interval = self._manager.settings.websocket_touch_interval
-        if interval is not None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep_alive(interval))
+        self._sockets.add(self._session, self.close)
+        if self._interval is not None or self._session._absolute_timeout is not None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
 
     async def stop(self) -> None:
-        self._manager._sockets.discard(self._session, self.close)
+        self._sockets.discard(self._session, self.close)
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
@@ -85,13 +100,26 @@ class SessionWebSocket:
                 {"type": "websocket.close", "code": CLOSE_CODE, "reason": "session ended"}
             )
 
-    async def _keep_alive(self, interval: float) -> None:
+    async def _keep_alive(self) -> None:
+        session = self._session
         while not self.closed:
-            await asyncio.sleep(interval)
+            wait = self._interval if self._interval is not None else math.inf
+            absolute = session._absolute_deadline() - self._clock()
+            await asyncio.sleep(max(0.0, min(wait, absolute)))
+            if not session._valid:
+                await self.close()
+                return
+            if session._absolute_deadline() <= self._clock():
+                try:  # the absolute timeout holds however busy: end it, which closes us
+                    await self._end(session, "expired")
+                except Exception:
+                    logger.exception("could not end %r at its absolute timeout", session)
+                await self.close()
+                return
             try:
-                alive = await self._manager.touch(self._session)
+                alive = await self._touch(session)
             except Exception:
-                logger.exception("could not keep %r alive; will try again", self._session)
+                logger.exception("could not keep %r alive; will try again", session)
                 continue
             if not alive:
                 await self.close()

@@ -231,13 +231,11 @@ async def test_a_reaper_tick_touches_only_due_entries(clock: FakeClock) -> None:
         if index == 9:
             clock.advance(50)  # the first ten are older than the rest
     looked_at = 0
-    real_get = store._sessions.get
-
     class CountingDict(dict[str, Any]):
         def get(self, key: str, default: Any = None) -> Any:
             nonlocal looked_at
             looked_at += 1
-            return real_get(key, default)
+            return super().get(key, default)
 
     store._sessions = CountingDict(store._sessions)
     clock.advance(60)
@@ -270,11 +268,11 @@ async def test_a_failing_reaper_tick_is_logged_and_retried(
     class FlakyStore(MemoryStore):
         calls = 0
 
-        async def claim_expired(self, *args: Any) -> list[Any]:
+        def claim_expired(self, *args: Any) -> list[Any]:
             FlakyStore.calls += 1
             if FlakyStore.calls == 1:
                 raise ConnectionError("store down")
-            return await super().claim_expired(*args)
+            return super().claim_expired(*args)
 
     manager = SessionManager(FlakyStore(), clock=clock, reaper_interval=0.01)
     async with manager:

@@ -265,17 +265,16 @@ async def test_a_new_session_created_after_invalidate_gets_its_own_cookie(
         assert (await http.get("/get/user")).json() == {"session": True, "value": "ada"}
 
 
-async def test_an_empty_new_session_is_never_stored(manager: SessionManager) -> None:
+async def test_a_session_created_without_attributes_is_kept(manager: SessionManager) -> None:
     async def touch(request: Request) -> Response:
         get_session(request)
         return Response("ok")
 
     async with client(make_app(manager, [Route("/touch", touch)])) as http:
-        for _ in range(10):
-            await http.get("/touch")
+        for _ in range(3):
+            await http.get("/touch")  # the client's jar carries the cookie: one session
     stats = await manager.stats()
-    assert stats.active == 0
-    assert stats.discarded_empty == 10
+    assert (stats.created, stats.active, stats.discarded_empty) == (1, 1, 0)
 
 
 async def test_get_session_without_middleware_says_what_to_add() -> None:

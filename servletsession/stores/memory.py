@@ -5,13 +5,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .base import SessionStore
 
 if TYPE_CHECKING:
-    from ..session import HttpSession, SessionOwner
+    from ..session import HttpSession
 
 _RETRY_IN_FLIGHT = 1.0  # seconds before looking again at a due session a request is still using
 
@@ -27,6 +26,9 @@ class MemoryStore(SessionStore):
     Expiry is indexed by a heap of ``(deadline, id)`` entries with lazy deletion: an entry whose
     session moved on (touched, renamed, gone) is dropped or pushed again when it comes due. A
     reaper tick therefore costs O(k log n) for the k entries due, never a scan of every session.
+    The principal index loses a session's entry the moment the session goes.
+
+    The manager drives it directly (its methods are synchronous: nothing here waits).
     """
 
     def __init__(self) -> None:
@@ -34,51 +36,61 @@ class MemoryStore(SessionStore):
         self._deadlines: list[tuple[float, str]] = []
         self._by_principal: dict[str, set[str]] = {}
 
-    def live_sessions(self) -> dict[str, HttpSession]:
+    # --- the manager's side ------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> dict[str, HttpSession]:
+        """The live sessions by ID (read it; change it through the methods below)."""
         return self._sessions
+
+    def get(self, session_id: str) -> HttpSession | None:
+        return self._sessions.get(session_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def add(self, session: HttpSession) -> None:
+        """Hold a new session (or one whose ID changed) from now on."""
+        self._sessions[session._id] = session
+        session._stored = True
+        self._schedule(session)
+        if session._principal is not None:
+            self._by_principal.setdefault(session._principal, set()).add(session._id)
+
+    def remove(self, session: HttpSession) -> bool:
+        """Let go of ``session``; ``True`` if it was held (the caller ends it, once)."""
+        if self._sessions.get(session._id) is not session:
+            return False
+        self._forget(session)
+        return True
+
+    def _forget(self, session: HttpSession) -> None:
+        del self._sessions[session._id]
+        session._stored = False
+        self._unindex(session._principal, session._id)
+
+    def rename(self, old_id: str, session: HttpSession) -> None:
+        """``session`` now goes by its new ID; ``old_id`` finds nothing from now on."""
+        if self._sessions.get(old_id) is session:
+            del self._sessions[old_id]
+        self._unindex(session._principal, old_id)
+        session._expiry_mark = None  # the heap entry under the old ID is stale now
+        self.add(session)
 
     def expiry_changed(self, session: HttpSession) -> None:
         if session._stored:
             self._schedule(session)
 
     def principal_changing(self, session: HttpSession, new: str | None) -> None:
-        old = session._principal
-        if old is not None:
-            self._by_principal.get(old, set()).discard(session._id)
+        if not session._stored:
+            return  # indexed when it is added
+        self._unindex(session._principal, session._id)
         if new is not None:
             self._by_principal.setdefault(new, set()).add(session._id)
 
-    async def load(
-        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
-    ) -> HttpSession | None:
-        return self._sessions.get(session_id)
-
-    async def save(self, session: HttpSession, changed_names: set[str], now: float) -> bool:
-        self._sessions[session._id] = session
-        session._stored = True
-        self._schedule(session)
-        if session._principal is not None:  # its ID may have changed before this first save
-            self._by_principal.setdefault(session._principal, set()).add(session._id)
-        return True
-
-    async def delete(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
-
-    async def rename(self, old_id: str, session: HttpSession) -> bool:
-        if self._sessions.get(old_id) is session:
-            del self._sessions[old_id]
-        self._sessions[session._id] = session
-        session._expiry_mark = None  # the entry under the old ID is stale now
-        self._schedule(session)
-        if session._principal is not None:
-            ids = self._by_principal.setdefault(session._principal, set())
-            ids.discard(old_id)
-            ids.add(session._id)
-        return True
-
-    async def claim_expired(
-        self, owner: SessionOwner, now: float, limit: int, in_use: Collection[str] = ()
-    ) -> list[HttpSession]:
+    def claim_expired(self, now: float, limit: int) -> list[HttpSession]:
+        """Remove and return up to ``limit`` sessions past their deadline. A session a request
+        is using is not idle, but its absolute timeout holds however busy it is."""
         heap = self._deadlines
         sessions = self._sessions
         claimed: list[HttpSession] = []
@@ -88,34 +100,32 @@ class MemoryStore(SessionStore):
             if session is None or session._expiry_mark != deadline:
                 continue  # a stale entry: the session is gone, renamed or scheduled again
             session._expiry_mark = None
-            actual = session._expires_at()
             if session._in_flight:
-                self._push(session, max(actual, now + _RETRY_IN_FLIGHT))
-            elif actual > now:
+                if session._absolute_deadline() <= now:
+                    self._forget(session)
+                    claimed.append(session)
+                else:
+                    self._push(session, max(session._expires_at(), now + _RETRY_IN_FLIGHT))
+            elif session._expires_at() > now:
                 self._schedule(session)  # it was touched since this entry was pushed
             else:
-                del sessions[session_id]
+                self._forget(session)
                 claimed.append(session)
         return claimed
+
+    # --- the common contract -----------------------------------------------------------------
 
     async def count(self) -> int:
         return len(self._sessions)
 
     async def sessions_of(self, principal: str, now: float) -> list[str]:
-        ids = self._by_principal.get(principal)
-        if not ids:
-            return []
         sessions = self._sessions
-        live = []
-        for session_id in list(ids):  # prune what ended or moved since: the index cleans itself
-            session = sessions.get(session_id)
-            if session is None or session._principal != principal or not session._valid:
-                ids.discard(session_id)
-            elif session._in_flight or session._expires_at() > now:
-                live.append(session_id)
-        if not ids:
-            del self._by_principal[principal]
-        return live
+        return [
+            session_id
+            for session_id in self._by_principal.get(principal, ())
+            if (session := sessions.get(session_id)) is not None
+            and (session._in_flight or session._expires_at() > now)
+        ]
 
     async def session_ids(self, offset: int, limit: int) -> list[str]:
         return list(itertools.islice(self._sessions, offset, offset + limit))
@@ -137,6 +147,17 @@ class MemoryStore(SessionStore):
         for entry in found:
             heapq.heappush(heap, entry)
         return [session_id for _, session_id in found]
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _unindex(self, principal: str | None, session_id: str) -> None:
+        if principal is None:
+            return
+        ids = self._by_principal.get(principal)
+        if ids is not None:
+            ids.discard(session_id)
+            if not ids:
+                del self._by_principal[principal]
 
     def _schedule(self, session: HttpSession) -> None:
         """Make sure an entry due no later than the session's deadline is in the heap."""

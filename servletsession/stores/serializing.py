@@ -1,33 +1,48 @@
-"""What the stores that leave the process (SQL, Redis) share: serialization, deadlines, rebuild."""
+"""What the stores that leave the process (SQL, Redis) share: serialization and the name rules.
+
+Every shared store accepts the same attribute names and values, so that an app moving from one to
+another meets no new refusal: a name is a non-empty ``str`` of at most :data:`MAX_NAME_LENGTH`
+characters without NUL or lone surrogates; a value is what :class:`JSONSerializer` can write.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..cookies import session_ref
 from ..serializers import JSONSerializer, UnreadableValueError
-from ..session import HttpSession
-from .base import SessionStore
+from .base import SharedStore
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..session import SessionOwner
-
 logger = logging.getLogger("servletsession")
 
+MAX_NAME_LENGTH = 200
 
-class SerializingStore(SessionStore):
-    """A store holding JSON-encoded attributes, one record per attribute.
 
-    ``save_period`` throttles last-access writes (as Jetty's ``savePeriod``): a request that only
-    reads a session rewrites its deadline only when ``save_period`` seconds have passed since the
-    last write. So that throttling never lets a live session idle out early, the stored deadline is
-    ``last write + max_inactive_interval + save_period``: a session may outlive its idle timeout by
-    up to ``save_period``, never the other way round.
+def name_problem(name: str) -> str | None:
+    """Why no shared store can write ``name`` back, or ``None`` if every one can."""
+    if not name:
+        return "attribute names must not be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"attribute name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+    if "\x00" in name:
+        return f"attribute name {name!r} contains NUL, which no store can write"
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return f"attribute name {name!r} contains a lone surrogate, which is not valid UTF-8"
+    return None
+
+
+class SerializingStore(SharedStore):
+    """A shared store holding JSON-encoded attributes, one record per attribute.
+
+    ``save_period`` bounds how often a read-only request rewrites a session's deadline (as Jetty's
+    ``savePeriod``); the overshoot it allows is ``min(save_period, 10 % of the idle interval)``.
     """
 
     def __init__(
@@ -39,56 +54,22 @@ class SerializingStore(SessionStore):
         self.save_period = save_period
 
     def check_value(self, name: str, value: Any) -> None:
+        problem = name_problem(name)
+        if problem is not None:
+            raise TypeError(problem)
         self.serializer.dumps(name, value)
 
     def allow_models(self, models: Iterable[type[BaseModel]]) -> None:
         self.serializer.allow(models)
 
-    def deadline(
-        self, interval: int, absolute_timeout: float | None, creation: float, now: float
-    ) -> float:
-        """The deadline to store for a session last written at ``now`` (``inf``: never)."""
-        deadline = now + interval + self.save_period if interval > 0 else math.inf
-        if absolute_timeout is not None:
-            deadline = min(deadline, creation + absolute_timeout)
-        return deadline
+    def encode(self, name: str, value: Any) -> bytes:
+        return self.serializer.dumps(name, value)
 
-    def session_deadline(self, session: HttpSession, now: float) -> float:
-        return self.deadline(
-            session._max_inactive_interval, session._absolute_timeout, session._creation_time, now
-        )
-
-    def encode_changes(
-        self, session: HttpSession, changed_names: Iterable[str]
-    ) -> tuple[dict[str, bytes], list[str]]:
-        """The changed attributes to write (name → bytes) and the ones to delete."""
-        attributes = session._attributes
-        dumps = self.serializer.dumps
-        written: dict[str, bytes] = {}
-        removed: list[str] = []
-        for name in changed_names:
-            if name in attributes:
-                written[name] = dumps(name, attributes[name])
-            else:
-                removed.append(name)
-        return written, removed
-
-    def rebuild(
-        self,
-        owner: SessionOwner,
-        session_id: str,
-        *,
-        creation_time: float,
-        last_access: float,
-        expires_at: float,
-        max_inactive_interval: int,
-        absolute_timeout: float | None,
-        attributes: Mapping[str, bytes | str],
-        principal: str | None = None,
-        strict: bool = True,
-    ) -> HttpSession | None:
-        """An ``HttpSession`` from stored fields; ``None`` (logged) if an attribute is unreadable
-        and ``strict``, else the unreadable attributes are left out."""
+    def decode_all(
+        self, session_id: str, attributes: Mapping[str, bytes | str], *, strict: bool
+    ) -> dict[str, Any] | None:
+        """Decoded attributes; ``None`` (logged) if one is unreadable and ``strict``, else the
+        unreadable ones are left out (a session being destroyed still shows the rest)."""
         decoded: dict[str, Any] = {}
         loads = self.serializer.loads
         for name, data in attributes.items():
@@ -102,18 +83,4 @@ class SerializingStore(SessionStore):
                 )  # fmt: skip
                 if strict:
                     return None
-        session = HttpSession(
-            owner,
-            session_id,
-            creation_time=creation_time,
-            max_inactive_interval=max_inactive_interval,
-            absolute_timeout=absolute_timeout,
-            attributes=decoded,
-            last_accessed_time=last_access,
-            is_new=False,
-        )
-        session._principal = principal
-        if max_inactive_interval > 0 and math.isfinite(expires_at):
-            # The stored deadline (over-provisioned by save_period) is the one that counts.
-            session._idle_since = expires_at - max_inactive_interval
-        return session
+        return decoded

@@ -35,20 +35,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import StoreUnavailableError
-from .serializing import SerializingStore
+from .base import LockLostError, SessionWrite, StoredSession
+from .faults import describe, sql_unavailable
+from .serializing import MAX_NAME_LENGTH, SerializingStore
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..session import HttpSession, SessionOwner
 
 logger = logging.getLogger("servletsession")
 
-MAX_NAME_LENGTH = 255
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -80,7 +81,7 @@ class SQLStore(SerializingStore):
         self.engine = (
             url
             if isinstance(url, AsyncEngine)
-            else create_async_engine(_async_url(url), pool_pre_ping=True)
+            else create_async_engine(_async_url(url), pool_pre_ping=True, hide_parameters=True)
         )
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         if self._is_sqlite:
@@ -124,13 +125,6 @@ class SQLStore(SerializingStore):
             set_={"value": upsert.excluded.value},
         )
 
-    def check_value(self, name: str, value: Any) -> None:
-        if len(name) > MAX_NAME_LENGTH:
-            raise TypeError(
-                f"attribute name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
-            )
-        super().check_value(name, value)
-
     async def create_tables(self) -> None:
         """Create the two tables and their indexes if they do not exist.
 
@@ -150,92 +144,124 @@ class SQLStore(SerializingStore):
 
     # --- the contract ------------------------------------------------------------------------
 
+    def _meta(self) -> Select[Any]:
+        s = self.sessions.c
+        return select(s.creation_time, s.last_access, s.expires_at, s.max_inactive_interval,
+                      s.absolute_timeout, s.principal, s.lock_token)  # fmt: skip
+
+    async def _attributes_of(self, conn: AsyncConnection, session_id: str) -> dict[str, bytes]:
+        a = self.attributes.c
+        rows = await conn.execute(select(a.name, a.value).where(a.session_id == session_id))
+        return {row.name: row.value.encode() for row in rows}
+
     async def load(
-        self, session_id: str, owner: SessionOwner, now: float, touch: bool = True
-    ) -> HttpSession | None:
+        self, session_id: str, now: float, *, touch: bool = True, attributes: bool = True
+    ) -> StoredSession | None:
         s, a = self.sessions.c, self.attributes.c
-        query = (
-            select(s.principal, s.creation_time, s.last_access, s.expires_at,
-                   s.max_inactive_interval, s.absolute_timeout, a.name, a.value)
-            .select_from(self.sessions.outerjoin(self.attributes, a.session_id == s.id))
-            .where(s.id == session_id)
-        )  # fmt: skip
+        query = self._meta().where(s.id == session_id)
+        if attributes:  # one statement: the session row joined with its attribute rows
+            query = query.add_columns(a.name, a.value).select_from(
+                self.sessions.outerjoin(self.attributes, a.session_id == s.id)
+            )
         async with self._transaction() as conn:
             rows = (await conn.execute(query)).all()
             if not rows:
                 return None
-            first = rows[0]
-            expires_at = math.inf if first.expires_at is None else first.expires_at
-            if touch and expires_at > now and now - first.last_access >= self.save_period:
-                deadline = self.deadline(
-                    first.max_inactive_interval, first.absolute_timeout, first.creation_time, now
-                )
+            stored = _stored(rows[0])
+            if touch and stored.expires_at > now:
+                values: dict[str, Any] = {"last_access": now}
+                target = self._next(stored, now)
+                if target is not None:
+                    values["expires_at"] = _column(target)
+                    stored.expires_at = target
                 await conn.execute(
-                    update(self.sessions)
-                    .where(s.id == session_id)
-                    .values(last_access=now, expires_at=_column(deadline))
+                    update(self.sessions).where(s.id == session_id).values(**values)
                 )
-        session = self.rebuild(
-            owner,
-            session_id,
-            creation_time=first.creation_time,
-            last_access=first.last_access,
-            expires_at=expires_at,
-            max_inactive_interval=first.max_inactive_interval,
-            absolute_timeout=first.absolute_timeout,
-            attributes={row.name: row.value for row in rows if row.name is not None},
-            principal=first.principal,
-        )
-        if session is None:
-            await self.delete(session_id)
-        return session
+        if attributes:
+            stored.attributes = {r.name: r.value.encode() for r in rows if r.name is not None}
+        return stored
 
-    async def save(self, session: HttpSession, changed_names: set[str], now: float) -> bool:
-        deadline = _column(self.session_deadline(session, now))
-        s, a = self.sessions.c, self.attributes.c
-        session_id = session._id
+    async def touch(self, session_id: str, now: float) -> float | None:
+        s = self.sessions.c
         async with self._transaction() as conn:
-            if not session._stored:
-                written, _ = self.encode_changes(session, session._attributes)
+            row = (await conn.execute(self._meta().where(s.id == session_id))).first()
+            if row is None:
+                return None
+            stored = _stored(row)
+            target = self._next(stored, now) if stored.expires_at > now else None
+            if target is not None:
                 await conn.execute(
-                    self.sessions.insert().values(
-                        id=session_id,
-                        creation_time=session._creation_time,
-                        last_access=session._this_accessed_time,
-                        expires_at=deadline,
-                        max_inactive_interval=session._max_inactive_interval,
-                        absolute_timeout=session._absolute_timeout,
-                        principal=session._principal,
-                    )
-                )
-                removed: list[str] = []
-            else:
-                written, removed = self.encode_changes(session, changed_names)
-                result = await conn.execute(
                     update(self.sessions)
                     .where(s.id == session_id)
-                    .values(
-                        last_access=session._this_accessed_time,
-                        expires_at=deadline,
-                        max_inactive_interval=session._max_inactive_interval,
-                        absolute_timeout=session._absolute_timeout,
-                        principal=session._principal,
+                    .values(expires_at=_column(target))
+                )
+                return target
+        return stored.expires_at
+
+    async def create(self, session_id: str, session: StoredSession, now: float) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                self.sessions.insert().values(
+                    id=session_id,
+                    creation_time=session.creation_time,
+                    last_access=session.last_access,
+                    expires_at=_column(session.expires_at),
+                    max_inactive_interval=session.max_inactive_interval,
+                    absolute_timeout=session.absolute_timeout,
+                    principal=session.principal,
+                )
+            )
+            if session.attributes:
+                await self._write(conn, session_id, session.attributes)
+
+    async def save(self, session_id: str, write: SessionWrite, now: float) -> float | None:
+        s, a = self.sessions.c, self.attributes.c
+        async with self._transaction() as conn:
+            query = self._meta().where(s.id == session_id)
+            row = (await conn.execute(query if self._is_sqlite else query.with_for_update())).first()
+            if row is None:
+                return None  # ended elsewhere: never resurrected
+            if write.lock_token is not None and row.lock_token != write.lock_token:
+                raise LockLostError(
+                    "the session's lock was taken over while this request held it (its lease "
+                    "ran out); nothing was saved"
+                )
+            stored = _stored(row)
+            values: dict[str, Any] = {}
+            if write.principal_changed:
+                values["principal"] = write.principal
+            if write.timeouts_changed:
+                values["max_inactive_interval"] = write.max_inactive_interval
+                values["absolute_timeout"] = write.absolute_timeout
+                stored.max_inactive_interval = write.max_inactive_interval
+                stored.absolute_timeout = write.absolute_timeout
+            target = self._next(stored, now, force=write.timeouts_changed)
+            if target is not None:
+                values["expires_at"] = _column(target)
+                stored.expires_at = target
+            if values:
+                await conn.execute(update(self.sessions).where(s.id == session_id).values(**values))
+            if write.written:
+                await self._write(conn, session_id, write.written)
+            if write.removed:
+                await conn.execute(
+                    delete(self.attributes).where(
+                        a.session_id == session_id, a.name.in_(write.removed)
                     )
                 )
-                if result.rowcount == 0:
-                    return False
-            if written:
-                rows = [
-                    {"session_id": session_id, "name": n, "value": v.decode()}
-                    for n, v in written.items()
-                ]
-                await conn.execute(self._upsert, rows)
-            if removed:
-                await conn.execute(
-                    delete(self.attributes).where(a.session_id == session_id, a.name.in_(removed))
-                )
-        session._stored = True
-        return True
+        return stored.expires_at
+
+    async def _write(
+        self, conn: AsyncConnection, session_id: str, written: dict[str, bytes]
+    ) -> None:
+        rows = [{"session_id": session_id, "name": n, "value": v.decode()} for n, v in written.items()]
+        await conn.execute(self._upsert, rows)
+
+    def _next(self, stored: StoredSession, now: float, *, force: bool = False) -> float | None:
+        return self.next_deadline(
+            stored.expires_at, stored.max_inactive_interval, stored.absolute_timeout,
+            stored.creation_time, now, force=force,
+        )  # fmt: skip
 
     async def delete(self, session_id: str) -> bool:
         async with self._transaction() as conn:
@@ -244,16 +270,33 @@ class SQLStore(SerializingStore):
             )
         return bool(result.rowcount == 1)
 
-    async def rename(self, old_id: str, session: HttpSession) -> bool:
+    async def claim(self, session_id: str, now: float) -> StoredSession | None:
+        s = self.sessions.c
+        async with self._transaction() as conn:
+            attributes = await self._attributes_of(conn, session_id)
+            row = (
+                await conn.execute(
+                    delete(self.sessions)
+                    .where(s.id == session_id, s.expires_at <= now)
+                    .returning(*self._meta().selected_columns)
+                )
+            ).first()
+        if row is None:
+            return None
+        stored = _stored(row)
+        stored.attributes = attributes
+        return stored
+
+    async def rename(self, old_id: str, new_id: str) -> bool:
         async with self._transaction() as conn:
             result = await conn.execute(
-                update(self.sessions).where(self.sessions.c.id == old_id).values(id=session._id)
+                update(self.sessions).where(self.sessions.c.id == old_id).values(id=new_id)
             )
         return bool(result.rowcount == 1)
 
     async def claim_expired(
-        self, owner: SessionOwner, now: float, limit: int, in_use: Collection[str] = ()
-    ) -> list[HttpSession]:
+        self, now: float, limit: int, in_use: Collection[str] = ()
+    ) -> list[tuple[str, StoredSession]]:
         s, a = self.sessions.c, self.attributes.c
         due = select(s.id).where(s.expires_at <= now).order_by(s.expires_at).limit(limit)
         if in_use:
@@ -262,42 +305,24 @@ class SQLStore(SerializingStore):
             ids = list((await conn.execute(due.with_for_update(skip_locked=True))).scalars())
             if not ids:
                 return []
-            attributes: dict[str, dict[str, str]] = {}
+            attributes: dict[str, dict[str, bytes]] = {}
             attribute_rows = select(a.session_id, a.name, a.value).where(a.session_id.in_(ids))
             for name_row in await conn.execute(attribute_rows):
-                attributes.setdefault(name_row.session_id, {})[name_row.name] = name_row.value
+                attributes.setdefault(name_row.session_id, {})[name_row.name] = (
+                    name_row.value.encode()
+                )
             claimed = (
                 await conn.execute(
                     delete(self.sessions)
                     .where(s.id.in_(ids), s.expires_at <= now)
-                    .returning(
-                        s.id,
-                        s.principal,
-                        s.creation_time,
-                        s.last_access,
-                        s.expires_at,
-                        s.max_inactive_interval,
-                        s.absolute_timeout,
-                    )
+                    .returning(s.id, *self._meta().selected_columns)
                 )
             ).all()
         sessions = []
         for row in claimed:
-            session = self.rebuild(
-                owner,
-                row.id,
-                creation_time=row.creation_time,
-                last_access=row.last_access,
-                expires_at=row.expires_at,
-                max_inactive_interval=row.max_inactive_interval,
-                absolute_timeout=row.absolute_timeout,
-                attributes=attributes.get(row.id, {}),
-                principal=row.principal,
-                strict=False,
-            )
-            if session is not None:
-                session._stored = True
-                sessions.append(session)
+            stored = _stored(row)
+            stored.attributes = attributes.get(row.id, {})
+            sessions.append((row.id, stored))
         return sessions
 
     async def count(self) -> int:
@@ -325,18 +350,28 @@ class SQLStore(SerializingStore):
         async with self._transaction() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def acquire_lock(self, session_id: str, token: str, ttl: float, now: float) -> bool:
+    async def acquire_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
         s = self.sessions.c
         async with self._transaction() as conn:
             taken = await conn.execute(
                 update(self.sessions)
                 .where(s.id == session_id, (s.lock_token.is_(None)) | (s.lock_until < now))
-                .values(lock_token=token, lock_until=now + ttl)
+                .values(lock_token=token, lock_until=now + lease)
             )
             if taken.rowcount == 1:
                 return True
             exists = (await conn.execute(select(s.id).where(s.id == session_id))).first()
         return exists is None  # nothing stored under that ID: nothing to wait for
+
+    async def renew_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
+        s = self.sessions.c
+        async with self._transaction() as conn:
+            renewed = await conn.execute(
+                update(self.sessions)
+                .where(s.id == session_id, s.lock_token == token)
+                .values(lock_until=now + lease)
+            )
+        return bool(renewed.rowcount == 1)
 
     async def release_lock(self, session_id: str, token: str) -> None:
         s = self.sessions.c
@@ -362,12 +397,12 @@ class SQLStore(SerializingStore):
         try:
             async with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-            raise StoreUnavailableError(f"SQL session store unavailable: {_reason(exc)}") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            if sql_unavailable(exc):
                 raise StoreUnavailableError(
-                    f"SQL session store unavailable: {_reason(exc)}"
+                    f"SQL session store unavailable: {describe(exc)}"
                 ) from exc
             raise
 
@@ -379,9 +414,15 @@ def _column(deadline: float) -> float | None:
     return None if math.isinf(deadline) else deadline
 
 
-def _reason(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}"
+def _stored(row: Any) -> StoredSession:
+    return StoredSession(
+        creation_time=row.creation_time,
+        last_access=row.last_access,
+        expires_at=math.inf if row.expires_at is None else row.expires_at,
+        max_inactive_interval=row.max_inactive_interval,
+        absolute_timeout=row.absolute_timeout,
+        principal=row.principal,
+    )
 
 
 def _serialize_sqlite_writers(engine: AsyncEngine) -> None:

@@ -1,0 +1,99 @@
+"""``LiveSessions``: sessions kept as live objects by a ``MemoryStore`` in this process.
+
+The store is the map of live sessions, so there is nothing to load or save: a request joins the
+object itself, an ID change or an end takes effect in the store at once, and the reaper claims due
+sessions from the store's deadline heap. A session a request is using never idles out; its
+absolute timeout holds however busy it is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .listeners import settle
+
+if TYPE_CHECKING:
+    from .persistence import SessionHost, Visit
+    from .session import HttpSession
+    from .stores.memory import MemoryStore
+
+
+class LiveSessions:
+    """The :class:`~servletsession.persistence.Sessions` strategy for ``MemoryStore``."""
+
+    def __init__(self, store: MemoryStore, host: SessionHost) -> None:
+        self._store = store
+        self._host = host
+
+    @property
+    def in_process(self) -> dict[str, HttpSession]:
+        return self._store.sessions
+
+    async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
+        session = self._store.get(session_id)
+        if session is None:
+            return None
+        now = self._host.clock()
+        if session._absolute_deadline() <= now or (
+            session._in_flight == 0 and session._expires_at() <= now
+        ):
+            session._expire("expired")  # found expired: ended then and there
+            await settle(session)
+            return None
+        session._begin_access(now)
+        visit.session = session
+        return session
+
+    def created(self, session: HttpSession, visit: Visit) -> None:
+        self._store.add(session)
+
+    async def flush(self, visit: Visit) -> None:
+        """Nothing to write: the store holds the object itself."""
+
+    async def release(self, visit: Visit) -> None:
+        session = visit.session
+        assert session is not None
+        if session._listener_tail is not None:
+            await settle(session)
+        session._end_access(self._host.clock())
+        session._changed_names = None
+        session._read_names = None
+
+    async def release_lock(self, visit: Visit) -> None:
+        """Nothing to release: one process, one live object."""
+
+    def rename_now(self, session: HttpSession, old_id: str) -> None:
+        self._store.rename(old_id, session)
+
+    async def push(self, session: HttpSession) -> None:
+        """Nothing to write: an ID change took effect in the store at once."""
+
+    def session_expiring(self, session: HttpSession, reason: str) -> bool:
+        if session._stored:  # not yet removed by the reaper's claim
+            self._store.remove(session)
+        self._host.ended(session, reason)
+        return True
+
+    async def peek(self, session_id: str) -> HttpSession | None:
+        session = self._store.get(session_id)
+        return session if session is not None and session._valid else None
+
+    async def reap(self, batch: int) -> int:
+        total = 0
+        while True:
+            claimed = self._store.claim_expired(self._host.clock(), batch)
+            for session in claimed:
+                session._expire("expired")
+                await settle(session)
+            total += len(claimed)
+            if len(claimed) < batch:
+                return total
+
+    async def keep_alive(self) -> None:
+        """Nothing to keep: a session in use here is never idle, and nobody else looks."""
+
+    async def touch(self, session: HttpSession) -> bool:
+        if not session._valid:
+            return False
+        session._idle_since = self._host.clock()
+        return True

@@ -1,0 +1,518 @@
+"""``SharedSessions``: sessions in a store several processes share (SQL, Redis). The store decides.
+
+A process's :class:`HttpSession` is only a *share* among that process's concurrent requests of the
+session. So:
+
+* every joining request confirms the session with the store, in the round trip that records its
+  access; a session the store no longer has is dropped here, never saved back;
+* an end (invalidate, expiry, eviction) is first *claimed* in the store: only the process whose
+  delete removed the session fires ``session_destroyed``, once;
+* an ID that this process changed or ended is refused here at once (``retired``) and everywhere
+  once the store has the change, which is written as the response starts;
+* saves write what changed, attribute by attribute, and metadata only when it changed;
+* while a request or websocket is in flight, :meth:`keep_alive` keeps the stored deadline ahead
+  (a session in use is not idle) and renews each request's lock lease; the absolute timeout
+  holds however busy the session is;
+* a store that cannot answer makes the request a *refused* one (503): nothing of it is written,
+  and the share is dropped so that the next request reads the truth again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from .cookies import session_ref
+from .errors import StoreUnavailableError
+from .listeners import HttpSessionEvent, chain, deliver_to_value, settle
+from .session import HttpSession
+from .stores.base import SessionWrite, StoredSession
+
+if TYPE_CHECKING:
+    from .persistence import SessionHost, Visit
+    from .stores.serializing import SerializingStore
+
+logger = logging.getLogger("servletsession")
+
+
+class SharedSessions:
+    """The :class:`~servletsession.persistence.Sessions` strategy for a shared store."""
+
+    def __init__(self, store: SerializingStore, host: SessionHost) -> None:
+        self._store = store
+        self._host = host
+        settings = host.settings
+        self._locking = settings.locking == "session"
+        self._lock_timeout = settings.lock_timeout
+        #: A lock's lease: short enough that a lock left behind by a dead process (or a release
+        #: lost in an outage) blocks its session for less than ``lock_timeout``.
+        self.lease = settings.lock_timeout / 2
+        self.in_process: dict[str, HttpSession] = {}
+        self.retired: set[str] = set()  # IDs changed or ended here, until the store has it
+        self._holders: dict[str, Visit] = {}  # lock token -> the visit holding it
+        self._queues: dict[str, asyncio.Lock] = {}  # locking: this process's requests queue
+        self._queued: dict[str, int] = {}
+
+    # --- joining -----------------------------------------------------------------------------
+
+    async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
+        if self._locking:
+            await self._lock(session_id, visit)
+        try:
+            session = await self._confirm(session_id)
+        except BaseException:
+            await self.release_lock(visit, session_id)
+            raise
+        if session is None:
+            await self.release_lock(visit, session_id)
+            return None
+        visit.session = session
+        return session
+
+    async def _confirm(self, session_id: str) -> HttpSession | None:
+        store, now = self._store, self._host.clock()
+        stored = await store.load(session_id, now, touch=True)
+        if session_id in self.retired:
+            return None  # changed or ended by a request of this process: dead here already
+        if stored is None:
+            self._drop(session_id)
+            return None
+        if stored.expires_at <= now:
+            await self._expire_found(session_id, now)
+            return None
+        share = None if self._locking else self.in_process.get(session_id)
+        if share is None or not share._valid:
+            session = await self._build(session_id, stored, strict=True)
+            if session is None:
+                return None
+            self.in_process[session_id] = share = session
+            _to_values(session, "session_did_activate")
+        else:
+            fresh = self._store.decode_all(session_id, stored.attributes or {}, strict=False)
+            _refresh(share, stored, fresh or {})
+        share._stored_expires = stored.expires_at
+        share._begin_access(now, previous=stored.last_access)
+        return share
+
+    async def _build(
+        self, session_id: str, stored: StoredSession, *, strict: bool
+    ) -> HttpSession | None:
+        attributes = self._store.decode_all(session_id, stored.attributes or {}, strict=strict)
+        if attributes is None:  # unreadable: logged; gone, so the request gets a fresh one
+            await self._store.delete(session_id)
+            return None
+        session = HttpSession(
+            self._host.owner,
+            session_id,
+            creation_time=stored.creation_time,
+            max_inactive_interval=stored.max_inactive_interval,
+            absolute_timeout=stored.absolute_timeout,
+            attributes=attributes,
+            last_accessed_time=stored.last_access,
+            is_new=False,
+        )
+        session._principal = stored.principal
+        session._track_reads = self._host.settings.save_mode == "on_get"
+        session._stored_expires = stored.expires_at
+        return session
+
+    def created(self, session: HttpSession, visit: Visit) -> None:
+        self.in_process[session._id] = session
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def flush(self, visit: Visit) -> None:
+        """Write what changed now, before the response goes out."""
+        session = visit.session
+        assert session is not None
+        if visit.refused:
+            return
+        try:
+            await settle(session)
+            if session._valid:
+                await self.push(session)
+        except StoreUnavailableError:
+            self.refuse(visit)
+            raise
+
+    async def release(self, visit: Visit) -> None:
+        """The request is done: deliver its pending events, write what is left, let go."""
+        session = visit.session
+        assert session is not None
+        try:
+            if not visit.refused:
+                try:
+                    await settle(session)
+                except StoreUnavailableError:
+                    self.refuse(visit)
+                    raise
+            session._end_access(self._host.clock())
+            if session._in_flight == 0 and self.in_process.get(session._id) is session:
+                # Let go now, before writing: a request arriving meanwhile reads the store.
+                del self.in_process[session._id]
+            if not visit.refused and session._valid:
+                if session._in_flight == 0:
+                    _to_values(session, "session_will_passivate")  # it leaves the process
+                    await settle(session)
+                wrote = await self.push(session)
+                now = self._host.clock()
+                interval = session._max_inactive_interval
+                if not wrote and session._valid and interval > 0 and (
+                    session._stored_expires < now + interval
+                ):
+                    await self.touch(session)  # a long request: idle counts from its end
+        finally:
+            await self.release_lock(visit)
+
+    def refuse(self, visit: Visit) -> None:
+        """The request is answered 503: nothing of it is written (a new session is discarded),
+        and the share leaves the map so that the next request reads the truth from the store
+        (requests already holding it still write their own changes)."""
+        visit.refused = True
+        session = visit.session
+        if session is None:
+            return
+        session._listener_tail = None
+        for session_id in (session._id, session._previous_id):
+            if session_id is not None:
+                self.retired.discard(session_id)
+                if self.in_process.get(session_id) is session:
+                    del self.in_process[session_id]
+        if not session._stored and session._valid:
+            session._expire("discarded")  # never stored: created and destroyed pair up
+
+    async def push(self, session: HttpSession) -> bool:
+        """Write the pending ID change, a new session, or the changes since the last save;
+        ``True`` if anything was written. A session the store no longer has is dropped."""
+        if session._detached:
+            return False
+        store, now = self._store, self._host.clock()
+        previous = session._previous_id
+        if previous is not None:
+            if session._stored and not await store.rename(previous, session._id):
+                self._drop(session._id, session)
+                return False
+            session._previous_id = None
+            self.retired.discard(previous)
+        if not session._stored:
+            await store.create(session._id, self._record(session, now), now)
+            session._stored = True
+            session._changed_names = session._read_names = None
+            session._principal_changed = session._timeouts_changed = False
+            return True
+        write = self._changes(session)
+        if not write and not session._timeouts_changed:
+            return False
+        if self._locking:
+            write.lock_token = self._token_of(session)
+        try:
+            expires = await store.save(session._id, write, now)
+        except BaseException:
+            for name in (*write.written, *write.removed):
+                session._mark_changed(name)
+            session._principal_changed |= write.principal_changed
+            session._timeouts_changed |= write.timeouts_changed
+            raise
+        if expires is None:
+            self._drop(session._id, session)
+            return False
+        session._stored_expires = expires
+        return True
+
+    def _record(self, session: HttpSession, now: float) -> StoredSession:
+        written, _ = self._encode(session, session._attributes)
+        interval, absolute = session._max_inactive_interval, session._absolute_timeout
+        expires = self._store.next_deadline(
+            math.inf, interval, absolute, session._creation_time, now, force=True
+        )
+        session._stored_expires = math.inf if expires is None else expires
+        return StoredSession(
+            creation_time=session._creation_time,
+            last_access=session._this_accessed_time,
+            expires_at=session._stored_expires,
+            max_inactive_interval=interval,
+            absolute_timeout=absolute,
+            principal=session._principal,
+            attributes=written,
+        )
+
+    def _changes(self, session: HttpSession) -> SessionWrite:
+        changed = session._take_changes()
+        mode = self._host.settings.save_mode
+        if mode == "always":
+            changed.update(session._attributes)
+        elif mode == "on_get":
+            changed.update(session._take_reads())
+        written, removed = self._encode(session, changed)
+        write = SessionWrite(written=written, removed=removed)
+        if session._principal_changed:
+            write.principal_changed, write.principal = True, session._principal
+            session._principal_changed = False
+        if session._timeouts_changed:
+            write.timeouts_changed = True
+            write.max_inactive_interval = session._max_inactive_interval
+            write.absolute_timeout = session._absolute_timeout
+            session._timeouts_changed = False
+        return write
+
+    def _encode(
+        self, session: HttpSession, names: set[str] | dict[str, object]
+    ) -> tuple[dict[str, bytes], list[str]]:
+        attributes, encode = session._attributes, self._store.encode
+        written: dict[str, bytes] = {}
+        removed: list[str] = []
+        for name in names:
+            if name not in attributes:
+                removed.append(name)
+                continue
+            try:
+                written[name] = encode(name, attributes[name])
+            except TypeError as exc:  # checked at set_attribute, then changed in place
+                logger.error("%s; the stored value of %r is kept (%r)", exc, name, session)
+        return written, removed
+
+    # --- ending ------------------------------------------------------------------------------
+
+    def session_expiring(self, session: HttpSession, reason: str) -> bool:
+        session_id = session._id
+        if self.in_process.get(session_id) is session:
+            del self.in_process[session_id]
+        if not session._stored:  # never stored, or already claimed: end it here, now
+            self._host.ended(session, reason)
+            return True
+        self.retired.add(session_id)
+        chain(session, self._claim_and_destroy(session, reason))
+        return False
+
+    async def _claim_and_destroy(self, session: HttpSession, reason: str) -> None:
+        """Delete the session from the store; fire its events only if this delete removed it."""
+        ids = [i for i in (session._id, session._previous_id) if i is not None]
+        try:
+            claimed = False
+            for session_id in ids:
+                claimed = await self._store.delete(session_id) or claimed
+        except BaseException:
+            session._expiring = False
+            raise
+        finally:
+            self.retired.difference_update(ids)
+        session._stored = False
+        session._previous_id = None
+        if claimed:
+            self._host.ended(session, reason)
+            session._destroy()
+        else:
+            session._drop()
+            self._host.dropped(session)
+
+    async def _expire_found(self, session_id: str, now: float) -> None:
+        """A joining request found the session past its deadline: claim it, and fire its events
+        here if the claim is ours."""
+        stored = await self._store.claim(session_id, now)
+        share = self.in_process.get(session_id)
+        if stored is None:
+            self._drop(session_id)
+            return
+        if share is not None and share._valid:
+            del self.in_process[session_id]
+            session: HttpSession | None = share
+        else:
+            session = await self._build(session_id, stored, strict=False)
+        if session is not None:
+            session._stored = False
+            session._expire("expired")
+            await settle(session)
+
+    def _drop(self, session_id: str, session: HttpSession | None = None) -> None:
+        """The store no longer has the session: another process ended it or changed its ID.
+        The copy here is detached: requests already holding it finish without an error, and
+        nothing of it is ever written back; no new request joins it."""
+        share = self.in_process.get(session_id)
+        if share is not None and (session is None or share is session):
+            del self.in_process[session_id]
+        target = session if session is not None else share
+        if target is not None and not target._detached:
+            target._detached = True
+            logger.info("%r was ended by another process; changes made here are dropped", target)
+            self._host.dropped(target)
+
+    # --- ID changes --------------------------------------------------------------------------
+
+    def rename_now(self, session: HttpSession, old_id: str) -> None:
+        if self.in_process.get(old_id) is session:
+            del self.in_process[old_id]
+        self.in_process[session._id] = session
+        if session._stored:
+            self.retired.add(old_id)
+
+    # --- looking without joining, reaping, keeping alive ---------------------------------------
+
+    async def peek(self, session_id: str) -> HttpSession | None:
+        session = self.in_process.get(session_id)
+        if session is None and session_id not in self.retired:
+            stored = await self._store.load(session_id, self._host.clock(), touch=False)
+            if stored is not None:
+                session = await self._build(session_id, stored, strict=True)
+        return session if session is not None and session._valid else None
+
+    async def reap(self, batch: int) -> int:
+        total = 0
+        while True:
+            in_use = [sid for sid, s in self.in_process.items() if s._in_flight]
+            claimed = await self._store.claim_expired(self._host.clock(), batch, in_use)
+            for session_id, stored in claimed:
+                session = await self._build(session_id, stored, strict=False)
+                if session is not None:
+                    session._stored = False  # claimed: its events are ours
+                    session._expire("expired")
+                    await settle(session)
+            total += len(claimed)
+            if len(claimed) < batch:
+                return total
+
+    async def keep_alive(self) -> None:
+        """One tick: keep in-flight sessions' deadlines ahead, end those past their absolute
+        deadline, renew the lock leases this process's requests hold."""
+        now = self._host.clock()
+        for session in list(self.in_process.values()):
+            if not (session._valid and session._stored and session._in_flight):
+                continue
+            if session._absolute_deadline() <= now:
+                await self._expire_found(session._id, now)
+            elif session._max_inactive_interval > 0 and (
+                session._stored_expires < now + session._max_inactive_interval
+            ):
+                await self.touch(session)
+        for token, visit in list(self._holders.items()):
+            session = visit.session
+            if session is not None and not await self._store.renew_lock(
+                session._id, token, self.lease, now
+            ):
+                logger.warning("lost the lock of %r (its lease ran out)", session)
+
+    async def touch(self, session: HttpSession) -> bool:
+        if not session._valid or session._detached:
+            return False
+        session._idle_since = now = self._host.clock()
+        if not session._stored:
+            return True
+        expires = await self._store.touch(session._id, now)
+        if expires is None:
+            self._drop(session._id, session)
+            return False
+        session._stored_expires = expires
+        return True
+
+    def tick(self) -> float:
+        """How often :meth:`keep_alive` should run, in seconds of wall time: often enough that
+        a lease is renewed twice before it runs out, and a deadline well before it passes."""
+        settings = self._host.settings
+        candidates = [5.0]
+        if settings.max_inactive_interval > 0:
+            candidates.append(settings.max_inactive_interval / 4)
+        if self._locking:
+            candidates.append(self.lease / 3)
+        return max(0.05, min(candidates))
+
+    # --- locking="session" -------------------------------------------------------------------
+
+    async def _lock(self, session_id: str, visit: Visit) -> None:
+        """Queue behind this process's other requests of the session, then take the store's
+        lock with a token of this request's own; 503 after ``lock_timeout``."""
+        give_up = time.monotonic() + self._lock_timeout
+        queue = self._queues.get(session_id)
+        if queue is None:
+            queue = self._queues[session_id] = asyncio.Lock()
+        self._queued[session_id] = self._queued.get(session_id, 0) + 1
+        try:
+            try:
+                await asyncio.wait_for(queue.acquire(), self._lock_timeout)
+            except TimeoutError:
+                raise self._stayed_locked(session_id) from None
+            try:
+                token = secrets.token_urlsafe(16)
+                delay = 0.002
+                store, clock = self._store, self._host.clock
+                while not await store.acquire_lock(session_id, token, self.lease, clock()):
+                    if time.monotonic() >= give_up:
+                        raise self._stayed_locked(session_id)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            except BaseException:
+                queue.release()
+                raise
+            visit.lock_token = token
+            visit.queued_id = session_id
+            self._holders[token] = visit
+        except BaseException:
+            self._unqueue(session_id)
+            raise
+
+    def _stayed_locked(self, session_id: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"session {session_ref(session_id)} stayed locked by another request for "
+            f"lock_timeout={self._lock_timeout} s"
+        )
+
+    def _token_of(self, session: HttpSession) -> str | None:
+        for token, visit in self._holders.items():
+            if visit.session is session:
+                return token
+        return None
+
+    async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
+        """Give back this request's lock (never another's), and its place in the queue."""
+        token, visit.lock_token = visit.lock_token, None
+        queued, visit.queued_id = visit.queued_id, None
+        if token is not None:
+            self._holders.pop(token, None)
+        session = visit.session
+        lock_id = session_id if session is None else (session._previous_id or session._id)
+        try:
+            if token is not None and lock_id is not None:
+                await self._store.release_lock(lock_id, token)
+        finally:
+            if queued is not None:
+                queue = self._queues.get(queued)
+                if queue is not None and queue.locked():
+                    queue.release()
+                self._unqueue(queued)
+
+    def _unqueue(self, session_id: str) -> None:
+        left = self._queued.get(session_id, 0) - 1
+        if left <= 0:
+            self._queued.pop(session_id, None)
+            self._queues.pop(session_id, None)
+        else:
+            self._queued[session_id] = left
+
+
+def _refresh(share: HttpSession, stored: StoredSession, attributes: dict[str, Any]) -> None:
+    """Take the store's state into a share that another request of this process is using,
+    except what this process changed and has not written yet: a request sees what other
+    processes wrote before it arrived. Values are replaced without events (nothing was set)."""
+    changed = share._changed_names or ()
+    current = share._attributes
+    for name in [name for name in current if name not in attributes and name not in changed]:
+        del current[name]
+    for name, value in attributes.items():
+        if name not in changed:
+            current[name] = value
+    if not share._principal_changed:
+        share._principal = stored.principal
+    if not share._timeouts_changed:
+        share._max_inactive_interval = stored.max_inactive_interval
+        share._absolute_timeout = stored.absolute_timeout
+
+
+def _to_values(session: HttpSession, method_name: str) -> None:
+    """Activation events go to the attribute values that listen for them."""
+    event = None
+    for value in list(session._attributes.values()):
+        if hasattr(value, method_name):
+            event = event or HttpSessionEvent(session)
+            deliver_to_value(session, value, method_name, event)
