@@ -121,9 +121,7 @@ class SessionLimits:
         assert principal is not None
         mine = {session._id, session._previous_id}
         others = [
-            s
-            for s in await host.sessions_of(principal)
-            if s is not session and s._id not in mine
+            s for s in await host.sessions_of(principal) if s is not session and s._id not in mine
         ]
         if len(others) < limit:
             return

@@ -59,14 +59,15 @@ class LiveSessions:
         session._changed_names = None
         session._read_names = None
 
-    async def release_lock(self, visit: Visit) -> None:
+    async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
         """Nothing to release: one process, one live object."""
 
     def rename_now(self, session: HttpSession, old_id: str) -> None:
         self._store.rename(old_id, session)
 
-    async def push(self, session: HttpSession) -> None:
+    async def push(self, session: HttpSession) -> bool:
         """Nothing to write: an ID change took effect in the store at once."""
+        return False
 
     def session_expiring(self, session: HttpSession, reason: str) -> bool:
         if session._stored:  # not yet removed by the reaper's claim

@@ -18,18 +18,25 @@ from .config import ManagerSettings, validated
 from .cookies import is_well_formed_id, new_session_id
 from .errors import IllegalStateError, SessionLimitError
 from .limits import SessionLimits
-from .listeners import CookieRejectedEvent, HttpSessionEvent, ListenerRegistry, deliver, notify
-from .listeners import settle
+from .listeners import (
+    CookieRejectedEvent,
+    HttpSessionEvent,
+    ListenerRegistry,
+    deliver,
+    notify,
+    settle,
+)
 from .live import LiveSessions
 from .persistence import Sessions, Visit
-from .reaper import Reaper
+from .principals import Principals
+from .reaper import Background, Reaper
 from .session import HttpSession, SessionOwner
 from .shared import SharedSessions
 from .stats import SessionStats, StatsCounter
 from .stores.base import SessionStore
 from .stores.memory import MemoryStore
 from .stores.serializing import SerializingStore
-from .websockets import SessionSockets, SessionWebSocket, Send
+from .websockets import Send, SessionSockets, SessionWebSocket
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -107,19 +114,19 @@ class SessionManager:
         elif isinstance(self.store, SerializingStore):
             self._sessions = SharedSessions(self.store, self)
         else:
-            raise TypeError(f"{type(self.store).__name__} is neither a MemoryStore nor a SharedStore")
+            raise TypeError(
+                f"{type(self.store).__name__} is neither a MemoryStore nor a SharedStore"
+            )
         self.shared = isinstance(self._sessions, SharedSessions)
         self._track_reads = self.settings.save_mode == "on_get"
         self._limits = SessionLimits(self)
         self._sockets = SessionSockets()
-        self._reaper = Reaper(self.reap, lambda: self.settings.reaper_interval,
-                              self.settings.shutdown_timeout)  # fmt: skip
-        self._keeper = (
-            Reaper(self._sessions.keep_alive, self._sessions.tick, self.settings.shutdown_timeout,
-                   name="keeper")  # fmt: skip
-            if isinstance(self._sessions, SharedSessions)
-            else None
-        )
+        self._principals = Principals(self.store, self._sessions, self.clock, self.end)
+        grace = self.settings.shutdown_timeout
+        tasks = [Reaper(self.reap, lambda: self.settings.reaper_interval, grace)]
+        if isinstance(self._sessions, SharedSessions):
+            tasks.append(Reaper(self.keep_alive, self._sessions.tick, grace, name="keeper"))
+        self._background = Background(tasks)
         #: Whether a request must do work as its response starts: a shared store saves then, and
         #: limits decided at save time are applied then.
         self.flushes = self.shared or self._limits.enforcing
@@ -351,12 +358,7 @@ class SessionManager:
         Sessions a request of this process is using are those very objects; the others are
         read from the store without counting as an access.
         """
-        found = []
-        for session_id in await self.store.sessions_of(principal, self.clock()):
-            session = await self.peek(session_id)
-            if session is not None and session._principal == principal:
-                found.append(session)
-        return found
+        return await self._principals.sessions_of(principal)
 
     async def peek(self, session_id: str) -> HttpSession | None:
         """The valid session with this ID, for looking at, not joining: the object a request of
@@ -368,22 +370,7 @@ class SessionManager:
         whatever that session's ID did during the request): log out everywhere, or everywhere
         else after a password change. Returns how many ended; each fires ``session_destroyed``
         once."""
-        if isinstance(keep, HttpSession):
-            kept = {keep._id, keep._previous_id}
-        else:
-            kept = {keep}
-            held = self._sessions.in_process.get(keep) if keep is not None else None
-            if held is not None:
-                kept.add(held._previous_id)
-        kept.discard(None)
-        ended = 0
-        for session in await self.sessions_of(principal):
-            if session._id in kept or session._previous_id in kept or session is keep:
-                continue
-            if session._valid:
-                await self.end(session, "invalidated")
-                ended += 1
-        return ended
+        return await self._principals.invalidate_all(principal, keep)
 
     # --- the reaper and the keeper -----------------------------------------------------------
 
@@ -402,25 +389,21 @@ class SessionManager:
 
     @property
     def reaper_running(self) -> bool:
-        return self._reaper.running
+        return self._background.running
 
     def start_reaper(self) -> None:
         """Start the background reaper (and keeper) on the running event loop (idempotent)."""
-        self._reaper.start()
-        if self._keeper is not None:
-            self._keeper.start()
+        self._background.start()
 
     def start_reaper_lazily(self) -> None:
         """Start the reaper unless it runs already or was stopped on purpose (shutdown)."""
-        if self._reaper.idle:
-            self.start_reaper()
+        if self._background.idle:
+            self._background.start()
 
     async def stop_reaper(self) -> None:
         """Stop the reaper and keeper; a tick under way finishes delivering what it claimed
         (bounded by ``shutdown_timeout``)."""
-        await self._reaper.stop()
-        if self._keeper is not None:
-            await self._keeper.stop()
+        await self._background.stop()
 
     # --- websockets --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A background task that runs a tick on an interval: the reaper, and the keeper of shared stores."""
+"""A background task running a tick on an interval: the reaper, and shared stores' keeper."""
 
 from __future__ import annotations
 
@@ -72,3 +72,26 @@ class Reaper:
                 logger.exception("session %s tick failed; retrying", self._name)
             finally:
                 self._ticking = False
+
+
+class Background:
+    """A manager's background tasks, started and stopped together."""
+
+    def __init__(self, tasks: list[Reaper]) -> None:
+        self._tasks = tasks
+
+    @property
+    def running(self) -> bool:
+        return self._tasks[0].running
+
+    @property
+    def idle(self) -> bool:
+        return self._tasks[0].idle
+
+    def start(self) -> None:
+        for task in self._tasks:
+            task.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await task.stop()

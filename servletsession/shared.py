@@ -19,16 +19,13 @@ session. So:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import secrets
-import time
 from typing import TYPE_CHECKING, Any
 
-from .cookies import session_ref
 from .errors import StoreUnavailableError
 from .listeners import HttpSessionEvent, chain, deliver_to_value, settle
+from .locks import SessionLocks
 from .session import HttpSession
 from .stores.base import SessionWrite, StoredSession
 
@@ -47,21 +44,15 @@ class SharedSessions:
         self._host = host
         settings = host.settings
         self._locking = settings.locking == "session"
-        self._lock_timeout = settings.lock_timeout
-        #: A lock's lease: short enough that a lock left behind by a dead process (or a release
-        #: lost in an outage) blocks its session for less than ``lock_timeout``.
-        self.lease = settings.lock_timeout / 2
+        self.locks = SessionLocks(store, host.clock, settings.lock_timeout)
         self.in_process: dict[str, HttpSession] = {}
         self.retired: set[str] = set()  # IDs changed or ended here, until the store has it
-        self._holders: dict[str, Visit] = {}  # lock token -> the visit holding it
-        self._queues: dict[str, asyncio.Lock] = {}  # locking: this process's requests queue
-        self._queued: dict[str, int] = {}
 
     # --- joining -----------------------------------------------------------------------------
 
     async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
         if self._locking:
-            await self._lock(session_id, visit)
+            await self.locks.acquire(session_id, visit)
         try:
             session = await self._confirm(session_id)
         except BaseException:
@@ -161,8 +152,11 @@ class SharedSessions:
                 wrote = await self.push(session)
                 now = self._host.clock()
                 interval = session._max_inactive_interval
-                if not wrote and session._valid and interval > 0 and (
-                    session._stored_expires < now + interval
+                if (
+                    not wrote
+                    and session._valid
+                    and interval > 0
+                    and (session._stored_expires < now + interval)
                 ):
                     await self.touch(session)  # a long request: idle counts from its end
         finally:
@@ -208,7 +202,7 @@ class SharedSessions:
         if not write and not session._timeouts_changed:
             return False
         if self._locking:
-            write.lock_token = self._token_of(session)
+            write.lock_token = self.locks.token_of(session)
         try:
             expires = await store.save(session._id, write, now)
         except BaseException:
@@ -387,12 +381,8 @@ class SharedSessions:
                 session._stored_expires < now + session._max_inactive_interval
             ):
                 await self.touch(session)
-        for token, visit in list(self._holders.items()):
-            session = visit.session
-            if session is not None and not await self._store.renew_lock(
-                session._id, token, self.lease, now
-            ):
-                logger.warning("lost the lock of %r (its lease ran out)", session)
+        if self._locking:
+            await self.locks.renew()
 
     async def touch(self, session: HttpSession) -> bool:
         if not session._valid or session._detached:
@@ -407,6 +397,10 @@ class SharedSessions:
         session._stored_expires = expires
         return True
 
+    async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
+        """Give back the request's lock early (a websocket's, after its handshake) or at its end."""
+        await self.locks.release(visit, session_id)
+
     def tick(self) -> float:
         """How often :meth:`keep_alive` should run, in seconds of wall time: often enough that
         a lease is renewed twice before it runs out, and a deadline well before it passes."""
@@ -415,80 +409,8 @@ class SharedSessions:
         if settings.max_inactive_interval > 0:
             candidates.append(settings.max_inactive_interval / 4)
         if self._locking:
-            candidates.append(self.lease / 3)
+            candidates.append(self.locks.lease / 3)
         return max(0.05, min(candidates))
-
-    # --- locking="session" -------------------------------------------------------------------
-
-    async def _lock(self, session_id: str, visit: Visit) -> None:
-        """Queue behind this process's other requests of the session, then take the store's
-        lock with a token of this request's own; 503 after ``lock_timeout``."""
-        give_up = time.monotonic() + self._lock_timeout
-        queue = self._queues.get(session_id)
-        if queue is None:
-            queue = self._queues[session_id] = asyncio.Lock()
-        self._queued[session_id] = self._queued.get(session_id, 0) + 1
-        try:
-            try:
-                await asyncio.wait_for(queue.acquire(), self._lock_timeout)
-            except TimeoutError:
-                raise self._stayed_locked(session_id) from None
-            try:
-                token = secrets.token_urlsafe(16)
-                delay = 0.002
-                store, clock = self._store, self._host.clock
-                while not await store.acquire_lock(session_id, token, self.lease, clock()):
-                    if time.monotonic() >= give_up:
-                        raise self._stayed_locked(session_id)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-            except BaseException:
-                queue.release()
-                raise
-            visit.lock_token = token
-            visit.queued_id = session_id
-            self._holders[token] = visit
-        except BaseException:
-            self._unqueue(session_id)
-            raise
-
-    def _stayed_locked(self, session_id: str) -> StoreUnavailableError:
-        return StoreUnavailableError(
-            f"session {session_ref(session_id)} stayed locked by another request for "
-            f"lock_timeout={self._lock_timeout} s"
-        )
-
-    def _token_of(self, session: HttpSession) -> str | None:
-        for token, visit in self._holders.items():
-            if visit.session is session:
-                return token
-        return None
-
-    async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
-        """Give back this request's lock (never another's), and its place in the queue."""
-        token, visit.lock_token = visit.lock_token, None
-        queued, visit.queued_id = visit.queued_id, None
-        if token is not None:
-            self._holders.pop(token, None)
-        session = visit.session
-        lock_id = session_id if session is None else (session._previous_id or session._id)
-        try:
-            if token is not None and lock_id is not None:
-                await self._store.release_lock(lock_id, token)
-        finally:
-            if queued is not None:
-                queue = self._queues.get(queued)
-                if queue is not None and queue.locked():
-                    queue.release()
-                self._unqueue(queued)
-
-    def _unqueue(self, session_id: str) -> None:
-        left = self._queued.get(session_id, 0) - 1
-        if left <= 0:
-            self._queued.pop(session_id, None)
-            self._queues.pop(session_id, None)
-        else:
-            self._queued[session_id] = left
 
 
 def _refresh(share: HttpSession, stored: StoredSession, attributes: dict[str, Any]) -> None:

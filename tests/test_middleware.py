@@ -313,7 +313,7 @@ def test_reaper_starts_on_first_request_without_lifespan(clock: FakeClock) -> No
     manager = SessionManager(clock=clock)
     http = TestClient(make_app(manager), base_url="https://testserver")  # no `with`: no lifespan
     http.get("/untouched")
-    assert manager._reaper is not None
+    assert manager.reaper_running
 
 
 def test_websocket_route_sees_the_session_from_the_handshake(clock: FakeClock) -> None:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("servletsession")
 
+
 class RedisStore(SerializingStore):
     """Sessions in Redis: ``RedisStore("redis://localhost:6379/0")`` or an existing client.
 
@@ -97,8 +98,8 @@ class RedisStore(SerializingStore):
     async def _read(
         self, session_id: str, now: float, mode: str, attributes: bool
     ) -> StoredSession | None:
-        args = [repr(now), repr(self.save_period), self._grace_ms, self._principals, mode,
-                "1" if attributes else "0"]  # fmt: skip
+        args: list[str | int] = [repr(now), repr(self.save_period), self._grace_ms,
+                                 self._principals, mode, "1" if attributes else "0"]  # fmt: skip
         async with self._answering():
             data = await self._load(keys=[self.key(session_id)], args=args)
         if not data:
@@ -113,9 +114,7 @@ class RedisStore(SerializingStore):
             await self.delete(session_id)
             return None
         if attributes:
-            stored.attributes = {
-                _text(data[i]): data[i + 1] for i in range(6, len(data) - 1, 2)
-            }
+            stored.attributes = {_text(data[i]): data[i + 1] for i in range(6, len(data) - 1, 2)}
         return stored
 
     async def create(self, session_id: str, session: StoredSession, now: float) -> None:
@@ -126,7 +125,8 @@ class RedisStore(SerializingStore):
         absolute = "" if session.absolute_timeout is None else repr(session.absolute_timeout)
         args = [repr(now), self._grace_ms, self._principals, session_id,
                 repr(session.creation_time), repr(session.last_access), expires,
-                session.max_inactive_interval, absolute, session.principal or "", *fields]  # fmt: skip
+                session.max_inactive_interval, absolute, session.principal or "",
+                *fields]  # fmt: skip
         async with self._answering():
             await self._create(keys=[self.key(session_id), self._expiries], args=args)
 
@@ -311,7 +311,9 @@ def _from_hash(data: list[bytes]) -> StoredSession | None:
     for index in range(0, len(data) - 1, 2):
         fields[_text(data[index])] = data[index + 1]
     try:
-        stored = _stored([_text(fields.get(name, b"")) for name in ("#c", "#l", "#e", "#i", "#a", "#p")])
+        stored = _stored(
+            [_text(fields.get(name, b"")) for name in ("#c", "#l", "#e", "#i", "#a", "#p")]
+        )
     except ValueError:
         return None
     stored.attributes = {name[2:]: value for name, value in fields.items() if name.startswith("a:")}

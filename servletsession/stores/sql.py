@@ -36,8 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
 
 from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
@@ -174,9 +174,7 @@ class SQLStore(SerializingStore):
                 if target is not None:
                     values["expires_at"] = _column(target)
                     stored.expires_at = target
-                await conn.execute(
-                    update(self.sessions).where(s.id == session_id).values(**values)
-                )
+                await conn.execute(update(self.sessions).where(s.id == session_id).values(**values))
         if attributes:
             stored.attributes = {r.name: r.value.encode() for r in rows if r.name is not None}
         return stored
@@ -218,7 +216,9 @@ class SQLStore(SerializingStore):
         s, a = self.sessions.c, self.attributes.c
         async with self._transaction() as conn:
             query = self._meta().where(s.id == session_id)
-            row = (await conn.execute(query if self._is_sqlite else query.with_for_update())).first()
+            row = (
+                await conn.execute(query if self._is_sqlite else query.with_for_update())
+            ).first()
             if row is None:
                 return None  # ended elsewhere: never resurrected
             if write.lock_token is not None and row.lock_token != write.lock_token:
@@ -254,7 +254,9 @@ class SQLStore(SerializingStore):
     async def _write(
         self, conn: AsyncConnection, session_id: str, written: dict[str, bytes]
     ) -> None:
-        rows = [{"session_id": session_id, "name": n, "value": v.decode()} for n, v in written.items()]
+        rows = [
+            {"session_id": session_id, "name": n, "value": v.decode()} for n, v in written.items()
+        ]
         await conn.execute(self._upsert, rows)
 
     def _next(self, stored: StoredSession, now: float, *, force: bool = False) -> float | None:

@@ -393,6 +393,7 @@ class PrivateRedis:
         options: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
+        self.log = directory / "redis.log"
         self.port = free_port()
         self.replicaof = replicaof.port if isinstance(replicaof, PrivateRedis) else replicaof
         self.options = dict(options or {})
@@ -408,7 +409,8 @@ class PrivateRedis:
 
     def start(self, *, wait: bool = True) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.directory)]  # fmt: skip
+                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                "--logfile", str(self.log)]  # fmt: skip
         if self.replicaof is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replicaof)]
         for name, value in self.options.items():
@@ -435,11 +437,19 @@ class PrivateRedis:
                 except redis.ResponseError:
                     return
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited {self.process.returncode}")
+                    raise RuntimeError(
+                        f"redis-server exited {self.process.returncode}:\n{self.log_tail()}"
+                    )
                 time.sleep(0.01)
         finally:
             client.close()
-        raise RuntimeError("the private redis-server did not start")
+        raise RuntimeError(f"the private redis-server did not start:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
 
     def kill(self) -> None:
         """SIGKILL, by PID, and reap."""

@@ -620,7 +620,9 @@ async def _oom(factory: RedisFactory, clients: RedisClients) -> Exception:
 
 async def _clusterdown(factory: RedisFactory, clients: RedisClients) -> Exception:
     nodes = factory.root / f"nodes-{free_port()}.conf"
-    server = factory(config={"cluster-enabled": "yes", "cluster-config-file": str(nodes)})
+    # cluster-port: the bus port is otherwise the port + 10000, which may be taken or > 65535.
+    server = factory(config={"cluster-enabled": "yes", "cluster-config-file": str(nodes),
+                             "cluster-port": str(free_port())})  # fmt: skip
     return await failure(clients(server.port).get("k"))  # no slot is served yet
 
 

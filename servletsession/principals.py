@@ -1,0 +1,57 @@
+"""The per-principal view of sessions: a user's sessions, and "log out everywhere" (ASVS 7.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from .session import HttpSession
+
+if TYPE_CHECKING:
+    from .persistence import Sessions
+    from .stores.base import SessionStore
+
+
+class Principals:
+    """Finds and ends the sessions bound to a principal, through the store's index."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        sessions: Sessions,
+        clock: Callable[[], float],
+        end: Callable[[HttpSession, str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._clock = clock
+        self._end = end
+
+    async def sessions_of(self, principal: str) -> list[HttpSession]:
+        found = []
+        for session_id in await self._store.sessions_of(principal, self._clock()):
+            session = await self._sessions.peek(session_id)
+            if session is not None and session._principal == principal:
+                found.append(session)
+        return found
+
+    async def invalidate_all(self, principal: str, keep: HttpSession | str | None) -> int:
+        """End every session of ``principal`` but ``keep``. A kept session is recognised under
+        its ID and, if a request changed it and the store does not have the change yet, the
+        ID the store still holds it under."""
+        if isinstance(keep, HttpSession):
+            kept = {keep._id, keep._previous_id}
+        else:
+            kept = {keep}
+            held = self._sessions.in_process.get(keep) if keep is not None else None
+            if held is not None:
+                kept.add(held._previous_id)
+        kept.discard(None)
+        ended = 0
+        for session in await self.sessions_of(principal):
+            if session is keep or session._id in kept or session._previous_id in kept:
+                continue
+            if session._valid:
+                await self._end(session, "invalidated")
+                ended += 1
+        return ended
