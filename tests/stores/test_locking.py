@@ -81,7 +81,7 @@ async def test_a_lock_left_behind_blocks_its_session_for_one_lease_at_most(
     store_factory: StoreFactory, clock: FakeClock
 ) -> None:
     """A process that took the lock and died (or whose release was lost in an outage) leaves the
-    lock in the store: the next request waits at most one lease, not ``3 × lock_timeout``."""
+    lock in the store: the next request waits at most one lease, not ``3 x lock_timeout``."""
     store = store_factory()
     manager = SessionManager(store, clock=clock, locking="session", lock_timeout=2.0)
     app = make_app(manager, ROUTES)
@@ -96,7 +96,7 @@ async def test_a_lock_left_behind_blocks_its_session_for_one_lease_at_most(
     assert response.status_code == 200
     assert response.text == "2"
     # One lease at most (1 s: Redis counts it in real time, SQL by the clock), never the old
-    # 3 × lock_timeout (6 s), and within lock_timeout: no 503.
+    # 3 x lock_timeout (6 s), and within lock_timeout: no 503.
     assert time.monotonic() - started < 1.5
     await browser.close()
     await manager.close()
