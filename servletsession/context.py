@@ -60,6 +60,8 @@ class RequestSession(MutableMapping[str, Any]):
                 self._session = session
                 self.found = True
                 self.visits.append(visit)
+            elif visit.ended_found:
+                self.found = True  # it expired as we looked: the cookie is deleted
 
     @property
     def session(self) -> HttpSession | None:
@@ -113,7 +115,7 @@ class RequestSession(MutableMapping[str, Any]):
         """The ``Set-Cookie`` value this response needs, if any: the session's cookie when it
         was created or its ID changed, a deletion cookie when the requested session ended."""
         session = self._session
-        if session is not None and session._valid:
+        if session is not None and session._valid and not session._detached:
             if session._id != self.requested_id:
                 return self._cookies.set_cookie(session._id)
             return None

@@ -8,6 +8,7 @@ absolute timeout holds however busy it is.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from .listeners import settle
@@ -37,6 +38,7 @@ class LiveSessions:
         if session._absolute_deadline() <= now or (
             session._in_flight == 0 and session._expires_at() <= now
         ):
+            visit.ended_found = True
             session._expire("expired")  # found expired: ended then and there
             await settle(session)
             return None
@@ -81,14 +83,15 @@ class LiveSessions:
 
     async def reap(self, batch: int) -> int:
         total = 0
-        while True:
+        while not self._host.stopping:
             claimed = self._store.claim_expired(self._host.clock(), batch)
             for session in claimed:
                 session._expire("expired")
-                await settle(session)
+            await asyncio.gather(*(settle(session) for session in claimed))
             total += len(claimed)
             if len(claimed) < batch:
-                return total
+                break
+        return total
 
     async def keep_alive(self) -> None:
         """Nothing to keep: a session in use here is never idle, and nobody else looks."""

@@ -27,7 +27,7 @@ from .listeners import (
     settle,
 )
 from .live import LiveSessions
-from .persistence import Sessions, Visit
+from .persistence import Sessions, Snapshot, Visit
 from .principals import Principals
 from .reaper import Background, Reaper
 from .session import HttpSession, SessionOwner
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("servletsession")
 
 Clock = Callable[[], float]
-_REAP_BATCH = 1000
+_REAP_BATCH = 200  # claimed, then delivered together: one unit of a reaper tick
 
 
 class SessionManager:
@@ -131,6 +131,7 @@ class SessionManager:
         #: limits decided at save time are applied then.
         self.flushes = self.shared or self._limits.enforcing
         self._hook_tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False
         self._direct: dict[HttpSession, list[Visit]] = {}  # create_session / find callers
 
     # --- the session's owner (SessionOwner) and the strategies' host (SessionHost) ------------
@@ -228,7 +229,13 @@ class SessionManager:
         """:meth:`find` for the middleware: an ID it verified, joined by ``visit``."""
         session = await self._sessions.join(session_id, visit)
         if session is not None and self._limits.snapshots:
-            visit.snapshot = (dict(session._attributes), session._principal)
+            visit.snapshot = Snapshot(
+                session._id,
+                dict(session._attributes),
+                session._principal,
+                session._max_inactive_interval,
+                session._absolute_timeout,
+            )
         return session
 
     # --- saving ------------------------------------------------------------------------------
@@ -284,21 +291,27 @@ class SessionManager:
 
     def _undo(self, visit: Visit) -> None:
         """Take back what a request refused by a limit did: a session it created ends unstored;
-        an existing one gets its attributes and principal back, unsaved."""
+        an existing one gets back its ID, attributes, principal and timeouts, unsaved."""
         session = visit.session
         assert session is not None
         self._counter.rejected += 1
         if visit.created:
             session._expire("discarded")
             return
-        if visit.snapshot is not None:
-            attributes, principal = visit.snapshot
+        snapshot = visit.snapshot
+        if snapshot is not None:
             session._attributes.clear()
-            session._attributes.update(attributes)
-            self.principal_changing(session, principal)
-            session._principal = principal
+            session._attributes.update(snapshot.attributes)
+            self.principal_changing(session, snapshot.principal)
+            session._principal = snapshot.principal
+            session._max_inactive_interval = snapshot.max_inactive_interval
+            session._absolute_timeout = snapshot.absolute_timeout
+            if isinstance(self.store, MemoryStore) and session._id != snapshot.session_id:
+                new_id, session._id = session._id, snapshot.session_id
+                self.store.rename(new_id, session)
+            self.expiry_changed(session)
         session._changed_names = None
-        session._principal_changed = False
+        session._principal_changed = session._timeouts_changed = False
         self.refuse(visit)
 
     # --- ID change and invalidation ----------------------------------------------------------
@@ -339,11 +352,13 @@ class SessionManager:
         session.invalidate()
         await settle(session)
 
-    async def end(self, session: HttpSession, reason: str = "invalidated") -> None:
+    async def end(self, session: HttpSession, reason: str = "invalidated") -> bool:
         """End ``session`` (held by a request of this process, or just looked at): claimed in
-        the store first, so its ``session_destroyed`` fires once, on one process."""
+        the store first, so its ``session_destroyed`` fires once, on one process. ``False`` if
+        another process had ended it (or moved it to a new ID) first."""
         session._expire(reason)
         await settle(session)
+        return not session._detached
 
     async def touch(self, session: HttpSession) -> bool:
         """Count a long-lived connection's presence as activity. ``False`` if the session has
@@ -401,9 +416,13 @@ class SessionManager:
             self._background.start()
 
     async def stop_reaper(self) -> None:
-        """Stop the reaper and keeper; a tick under way finishes delivering what it claimed
-        (bounded by ``shutdown_timeout``)."""
-        await self._background.stop()
+        """Stop the reaper and keeper; a tick under way claims nothing more and finishes
+        delivering what it claimed (bounded by ``shutdown_timeout``)."""
+        self.stopping = True
+        try:
+            await self._background.stop()
+        finally:
+            self.stopping = False
 
     # --- websockets --------------------------------------------------------------------------
 

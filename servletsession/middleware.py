@@ -19,6 +19,7 @@ from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
 from .stores.base import SessionStore
+from .stores.faults import describe
 
 if TYPE_CHECKING:
     from .websockets import SessionWebSocket
@@ -159,6 +160,10 @@ class SessionMiddleware:
                         logger.warning("%s", exc)
                         await refuse("session limit reached", exc.retry_after)
                         return
+                    except Exception as exc:  # a store that answers wrongly: not retried
+                        context.refuse()
+                        logger.error("session store failed while saving: %s", describe(exc))
+                        raise
                 _add_session_headers(message, context)
                 if kind == "websocket.accept":
                     await context.release_locks()  # a websocket takes part in its handshake only

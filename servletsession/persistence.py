@@ -11,7 +11,7 @@ one of two strategies, each given only what it needs (a :class:`SessionHost`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .config import ManagerSettings
@@ -23,6 +23,8 @@ class SessionHost(Protocol):
 
     settings: ManagerSettings
     clock: Callable[[], float]
+    #: The app is stopping: a reaper tick claims no new batch.
+    stopping: bool
 
     @property
     def owner(self) -> SessionOwner:
@@ -35,19 +37,38 @@ class SessionHost(Protocol):
         """Another process ended ``session``: close its sockets here, no events."""
 
 
+class Snapshot(NamedTuple):
+    """What a request may change in a session besides values mutated in place."""
+
+    session_id: str
+    attributes: dict[str, Any]
+    principal: str | None
+    max_inactive_interval: int
+    absolute_timeout: float | None
+
+
 class Visit:
     """One request's (or websocket's) use of one session: what it must give back when done."""
 
-    __slots__ = ("created", "lock_token", "queued_id", "refused", "session", "snapshot")
+    __slots__ = (
+        "created",
+        "ended_found",
+        "lock_token",
+        "queued_id",
+        "refused",
+        "session",
+        "snapshot",
+    )
 
     def __init__(self) -> None:
         self.session: HttpSession | None = None
         self.created = False  # the request made the session
+        self.ended_found = False  # it found its session past its deadline and ended it
         self.lock_token: str | None = None  # locking="session": this request's own lock
         self.queued_id: str | None = None  # ...and its place in this process's queue
         self.refused = False  # answered 503: nothing of this request is written
-        #: Attributes and principal when the request joined, for undoing a refused request.
-        self.snapshot: tuple[dict[str, Any], str | None] | None = None
+        #: The session as the request found it, for undoing a refused request.
+        self.snapshot: Snapshot | None = None
 
 
 class Sessions(Protocol):

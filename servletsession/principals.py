@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from .stores.base import SessionStore
 
 
+_ROUNDS = 5
+
+
 class Principals:
     """Finds and ends the sessions bound to a principal, through the store's index."""
 
@@ -20,7 +23,7 @@ class Principals:
         store: SessionStore,
         sessions: Sessions,
         clock: Callable[[], float],
-        end: Callable[[HttpSession, str], Awaitable[None]],
+        end: Callable[[HttpSession, str], Awaitable[bool]],
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -48,10 +51,18 @@ class Principals:
                 kept.add(held._previous_id)
         kept.discard(None)
         ended = 0
-        for session in await self.sessions_of(principal):
-            if session is keep or session._id in kept or session._previous_id in kept:
-                continue
-            if session._valid:
-                await self._end(session, "invalidated")
-                ended += 1
+        for _ in range(_ROUNDS):  # a session renamed meanwhile is found again under its new ID
+            pending = [
+                session
+                for session in await self.sessions_of(principal)
+                if session is not keep
+                and session._id not in kept
+                and session._previous_id not in kept
+                and session._valid
+            ]
+            if not pending:
+                break
+            for session in pending:
+                if await self._end(session, "invalidated"):
+                    ended += 1
         return ended

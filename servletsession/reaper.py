@@ -58,6 +58,12 @@ class Reaper:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(task), self._shutdown_timeout)
         if not task.done():
+            if self._ticking:
+                logger.error(
+                    "session %s stopped after shutdown_timeout=%s s in the middle of a tick; "
+                    "events of sessions it had claimed may not have been delivered",
+                    self._name, self._shutdown_timeout,
+                )  # fmt: skip
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -23,6 +23,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 _MAX_DEPTH = 64
+_MAX_INT_BITS = 13_000  # ~3,900 digits: below Python's int/str conversion limit (4,300)
 
 
 class UnreadableValueError(ValueError):
@@ -97,7 +98,11 @@ def _plain_json_problem(value: Any, depth: int) -> str | None:
     if depth > _MAX_DEPTH:
         return f"nested deeper than {_MAX_DEPTH} levels (or contains a cycle)"
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str:
+    if kind is int:
+        if value.bit_length() > _MAX_INT_BITS:
+            return "an int this large cannot be read back (more than 4000 digits)"
+        return None
+    if value is None or kind is bool or kind is str:
         return None
     if kind is float:
         return None if math.isfinite(value) else f"{value!r} is not a finite number"

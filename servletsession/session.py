@@ -92,6 +92,9 @@ class HttpSession(MutableMapping[str, Any]):
         "_principal",
         "_principal_changed",
         "_read_names",
+        "_save_started",
+        "_saving",
+        "_snapshot",
         "_stored",
         "_stored_expires",
         "_this_accessed_time",
@@ -135,6 +138,9 @@ class HttpSession(MutableMapping[str, Any]):
         self._stored = not is_new
         self._stored_expires = math.inf  # the store's deadline as last seen (shared stores)
         self._detached = False  # ended by another process: this copy is never written back
+        # Shared stores, in tickets (one order per process): when the state this copy holds was
+        # read or last written, when its last write started, and how many writes are under way.
+        self._snapshot = self._save_started = self._saving = 0
         self._previous_id: str | None = None
         self._principal: str | None = None
         self._principal_changed = False

@@ -19,9 +19,12 @@ session. So:
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreUnavailableError
 from .listeners import HttpSessionEvent, chain, deliver_to_value, settle
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from .stores.serializing import SerializingStore
 
 logger = logging.getLogger("servletsession")
+T = TypeVar("T")
 
 
 class SharedSessions:
@@ -47,6 +51,7 @@ class SharedSessions:
         self.locks = SessionLocks(store, host.clock, settings.lock_timeout)
         self.in_process: dict[str, HttpSession] = {}
         self.retired: set[str] = set()  # IDs changed or ended here, until the store has it
+        self._tickets = itertools.count(1)
 
     # --- joining -----------------------------------------------------------------------------
 
@@ -54,7 +59,7 @@ class SharedSessions:
         if self._locking:
             await self.locks.acquire(session_id, visit)
         try:
-            session = await self._confirm(session_id)
+            session = await self._confirm(session_id, visit)
         except BaseException:
             await self.release_lock(visit, session_id)
             raise
@@ -64,8 +69,9 @@ class SharedSessions:
         visit.session = session
         return session
 
-    async def _confirm(self, session_id: str) -> HttpSession | None:
+    async def _confirm(self, session_id: str, visit: Visit) -> HttpSession | None:
         store, now = self._store, self._host.clock()
+        ticket = next(self._tickets)  # loads may complete out of order: the later start wins
         stored = await store.load(session_id, now, touch=True)
         if session_id in self.retired:
             return None  # changed or ended by a request of this process: dead here already
@@ -73,28 +79,36 @@ class SharedSessions:
             self._drop(session_id)
             return None
         if stored.expires_at <= now:
+            visit.ended_found = True
             await self._expire_found(session_id, now)
             return None
-        share = None if self._locking else self.in_process.get(session_id)
+        share = self.in_process.get(session_id)
         if share is None or not share._valid:
             session = await self._build(session_id, stored, strict=True)
-            if session is None:
+            if session is None:  # unreadable (logged): gone, and ended once
+                visit.ended_found = True
+                await self._end_unreadable(session_id, stored)
                 return None
+            session._snapshot = ticket
             self.in_process[session_id] = share = session
             _to_values(session, "session_did_activate")
-        else:
+        elif not share._saving and ticket > max(share._snapshot, share._save_started):
+            # No write of the share is under way or began after our read, and no read that
+            # began later has been taken in: what we read is newer than what the share holds.
             fresh = self._store.decode_all(session_id, stored.attributes or {}, strict=False)
             _refresh(share, stored, fresh or {})
+            share._snapshot = ticket
         share._stored_expires = stored.expires_at
         share._begin_access(now, previous=stored.last_access)
         return share
 
     async def _build(
-        self, session_id: str, stored: StoredSession, *, strict: bool
+        self, session_id: str, stored: StoredSession, *, strict: bool, log: bool = True
     ) -> HttpSession | None:
-        attributes = self._store.decode_all(session_id, stored.attributes or {}, strict=strict)
-        if attributes is None:  # unreadable: logged; gone, so the request gets a fresh one
-            await self._store.delete(session_id)
+        attributes = self._store.decode_all(
+            session_id, stored.attributes or {}, strict=strict, log=log
+        )
+        if attributes is None:
             return None
         session = HttpSession(
             self._host.owner,
@@ -110,6 +124,16 @@ class SharedSessions:
         session._track_reads = self._host.settings.save_mode == "on_get"
         session._stored_expires = stored.expires_at
         return session
+
+    async def _end_unreadable(self, session_id: str, stored: StoredSession) -> None:
+        """A stored session that cannot be read back is treated as gone: claimed (deleted), and
+        destroyed with what can be read, so that created and destroyed still pair up."""
+        if await self._store.delete(session_id):
+            session = await self._build(session_id, stored, strict=False, log=False)
+            if session is not None:
+                session._stored = False
+                session._expire("invalidated")
+                await settle(session)
 
     def created(self, session: HttpSession, visit: Visit) -> None:
         self.in_process[session._id] = session
@@ -187,13 +211,15 @@ class SharedSessions:
         store, now = self._store, self._host.clock()
         previous = session._previous_id
         if previous is not None:
-            if session._stored and not await store.rename(previous, session._id):
-                self._drop(session._id, session)
-                return False
-            session._previous_id = None
-            self.retired.discard(previous)
+            try:
+                if session._stored and not await store.rename(previous, session._id):
+                    self._drop(session._id, session)
+                    return False
+                session._previous_id = None
+            finally:
+                self.retired.discard(previous)
         if not session._stored:
-            await store.create(session._id, self._record(session, now), now)
+            await self._writing(session, store.create(session._id, self._record(session, now), now))
             session._stored = True
             session._changed_names = session._read_names = None
             session._principal_changed = session._timeouts_changed = False
@@ -204,7 +230,7 @@ class SharedSessions:
         if self._locking:
             write.lock_token = self.locks.token_of(session)
         try:
-            expires = await store.save(session._id, write, now)
+            expires = await self._writing(session, store.save(session._id, write, now))
         except BaseException:
             for name in (*write.written, *write.removed):
                 session._mark_changed(name)
@@ -216,6 +242,17 @@ class SharedSessions:
             return False
         session._stored_expires = expires
         return True
+
+    async def _writing(self, session: HttpSession, write: Awaitable[T]) -> T:
+        """A write of ``session``, in ticket order: a read of the store that overlaps it may
+        return the old state, and must not be taken into the share."""
+        session._save_started = next(self._tickets)
+        session._saving += 1
+        try:
+            return await write
+        finally:
+            session._saving -= 1
+            session._snapshot = next(self._tickets)
 
     def _record(self, session: HttpSession, now: float) -> StoredSession:
         written, _ = self._encode(session, session._attributes)
@@ -299,8 +336,9 @@ class SharedSessions:
         if claimed:
             self._host.ended(session, reason)
             session._destroy()
-        else:
+        else:  # ended, or renamed, by another process: no events here
             session._drop()
+            session._detached = True
             self._host.dropped(session)
 
     async def _expire_found(self, session_id: str, now: float) -> None:
@@ -355,18 +393,21 @@ class SharedSessions:
 
     async def reap(self, batch: int) -> int:
         total = 0
-        while True:
+        while not self._host.stopping:
             in_use = [sid for sid, s in self.in_process.items() if s._in_flight]
             claimed = await self._store.claim_expired(self._host.clock(), batch, in_use)
+            ended = []
             for session_id, stored in claimed:
                 session = await self._build(session_id, stored, strict=False)
                 if session is not None:
                     session._stored = False  # claimed: its events are ours
                     session._expire("expired")
-                    await settle(session)
+                    ended.append(session)
+            await asyncio.gather(*(settle(session) for session in ended))
             total += len(claimed)
             if len(claimed) < batch:
-                return total
+                break
+        return total
 
     async def keep_alive(self) -> None:
         """One tick: keep in-flight sessions' deadlines ahead, end those past their absolute

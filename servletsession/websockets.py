@@ -63,7 +63,7 @@ class SessionWebSocket:
         session: HttpSession,
         send: Send,
         touch: Callable[[HttpSession], Awaitable[bool]],
-        end: Callable[[HttpSession, str], Awaitable[None]],
+        end: Callable[[HttpSession, str], Awaitable[object]],
         clock: Callable[[], float],
         touch_interval: float | None,
     ) -> None:

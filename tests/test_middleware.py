@@ -311,9 +311,13 @@ def test_lifespan_starts_and_stops_the_reaper(clock: FakeClock) -> None:
 
 def test_reaper_starts_on_first_request_without_lifespan(clock: FakeClock) -> None:
     manager = SessionManager(clock=clock)
-    http = TestClient(make_app(manager), base_url="https://testserver")  # no `with`: no lifespan
-    http.get("/untouched")
-    assert manager.reaper_running
+
+    async def running(request: Request) -> Response:
+        return Response(str(manager.reaper_running))
+
+    app = make_app(manager, [Route("/running", running)])
+    http = TestClient(app, base_url="https://testserver")  # no `with`: no lifespan
+    assert http.get("/running").text == "True"
 
 
 def test_websocket_route_sees_the_session_from_the_handshake(clock: FakeClock) -> None:

@@ -246,8 +246,11 @@ _SOCKET_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, asynci
 
 _MAX_DESCRIPTION = 300
 _SA_NOISE = re.compile(r"\s*\((?:Background on this error at|SQL parameters hidden)[^)]*\)")
-_SQL_BLOCK = re.compile(r"\[(?:SQL|parameters|SQL parameters hidden)\b.*", re.DOTALL)
+_SQL_BLOCK = re.compile(r"\[(?:SQL|parameters)\b.*", re.DOTALL)
 _ASYNCPG_ARGUMENT = re.compile(r"(invalid input for query argument \$\d+:).*")
+# Anything shaped like a session ID (43 URL-safe characters) or a token of that kind, whichever
+# error echoes it: Redis's "unknown command ... with args beginning with: '<key>'", for one.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])")
 # redis-py prefixes an error inside a pipeline with the command and its arguments (keys hold
 # session IDs): 'Command # 1 (SET key value) of pipeline caused error: ("<message>",)'.
 _REDIS_PIPELINE = re.compile(r"Command # (\d+) \(.*?\) of pipeline caused error: (.*)", re.DOTALL)
@@ -257,7 +260,13 @@ def describe(exc: BaseException) -> str:
     """One line for the log: the class of the innermost driver error, its SQLSTATE if it has
     one, and the first line of its message — never the SQL statement nor a bound parameter
     (SQLAlchemy's ``str()`` of a ``DBAPIError`` has both), e.g.
-    ``TooManyConnectionsError: sorry, too many clients already (SQLSTATE 53300)``."""
+    ``TooManyConnectionsError: sorry, too many clients already (SQLSTATE 53300)``.
+
+    Bound parameter values that the driver's message repeats (asyncpg's "invalid input for
+    query argument $1: '...'", PostgreSQL's 'invalid input syntax for type integer: "..."') become
+    ``<parameter>``; the command and arguments redis-py puts in a pipeline's error are dropped;
+    and any token of 32 or more URL-safe characters (a session ID, a key holding one, a script's
+    SHA) becomes ``<redacted>``."""
     driver = _driver_error(exc)
     message = _without_pipeline_command(str(driver))
     message = _SQL_BLOCK.sub("", message)
@@ -266,6 +275,7 @@ def describe(exc: BaseException) -> str:
     message = _ASYNCPG_ARGUMENT.sub(r"\1 <parameter>", message)
     for secret in sorted(_parameters(exc), key=len, reverse=True):
         message = message.replace(secret, "<parameter>")
+    message = _TOKEN.sub("<redacted>", message)
     if len(message) > _MAX_DESCRIPTION:
         message = message[: _MAX_DESCRIPTION - 1] + "…"
     sqlstate = _sqlstate(driver)

@@ -66,7 +66,12 @@ class SerializingStore(SharedStore):
         return self.serializer.dumps(name, value)
 
     def decode_all(
-        self, session_id: str, attributes: Mapping[str, bytes | str], *, strict: bool
+        self,
+        session_id: str,
+        attributes: Mapping[str, bytes | str],
+        *,
+        strict: bool,
+        log: bool = True,
     ) -> dict[str, Any] | None:
         """Decoded attributes; ``None`` (logged) if one is unreadable and ``strict``, else the
         unreadable ones are left out (a session being destroyed still shows the rest)."""
@@ -76,6 +81,8 @@ class SerializingStore(SharedStore):
             try:
                 decoded[name] = loads(data)
             except UnreadableValueError as exc:
+                if not log:
+                    continue
                 logger.warning(
                     "stored session %s has an unreadable attribute %r (%s); %s",
                     session_ref(session_id), name, exc,

@@ -83,6 +83,8 @@ class SQLStore(SerializingStore):
             if isinstance(url, AsyncEngine)
             else create_async_engine(_async_url(url), pool_pre_ping=True, hide_parameters=True)
         )
+        # Statement parameters are session IDs: never in an error message (nor a log line).
+        self.engine.sync_engine.hide_parameters = True
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         if self._is_sqlite:
             _serialize_sqlite_writers(self.engine)

@@ -344,7 +344,6 @@ def postgres_factory() -> Iterator[PostgresFactory]:
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    assert bin_dir is not None
     run_as: str | None = None
     if os.geteuid() == 0:
         run_as = "postgres"

@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from servletsession.cookies import new_session_id
 from servletsession.stores import faults
 from servletsession.stores.faults import describe, redis_unavailable, sql_unavailable
 
@@ -520,11 +521,11 @@ WRITE_SCRIPT = "return redis.call('SET', KEYS[1], ARGV[1])"
 async def test_writes_to_a_replica_readonly_are_unavailable(
     redis_factory: RedisFactory, redis_clients: RedisClients
 ) -> None:
-    master = redis_factory()
+    master = redis_factory(config={"repl-diskless-sync-delay": "0"})  # sync at once, not in 5 s
     replica = redis_factory(replicaof=master)
     client = redis_clients(replica.port)
 
-    async def in_sync() -> bool:  # not LOADING the master's dataset any more
+    async def in_sync() -> bool:  # not LOADING the master's dataset (EVAL would say LOADING)
         return (await client.info("replication")).get("master_link_status") == "up"
 
     await until(in_sync, "the replica to sync with its master")
@@ -736,6 +737,20 @@ async def test_redis_errors_that_retrying_will_not_fix_are_not_unavailable(
     error = await failure(produce(redis_clients(private_redis.port)))
     assert isinstance(error, rx.RedisError)
     assert not redis_unavailable(error), describe(error)
+
+
+async def test_describe_hides_a_session_id_that_a_redis_error_echoes(
+    private_redis: PrivateRedis, redis_clients: RedisClients
+) -> None:
+    session_id = new_session_id()
+    client = redis_clients(private_redis.port)
+    key = f"servletsession:{{{session_id}}}"
+    error = await failure(client.execute_command("NOSUCHCOMMAND", key))  # type: ignore[no-untyped-call]
+    assert isinstance(error, rx.ResponseError)
+    assert session_id in str(error)  # "unknown command ..., with args beginning with: '<key>'"
+    assert not redis_unavailable(error)
+    assert session_id not in describe(error)
+    assert describe(error).startswith("ResponseError: unknown command 'NOSUCHCOMMAND'")
 
 
 async def test_redis_authentication_errors_are_configuration_errors(

@@ -1,0 +1,888 @@
+"""Model-based concurrency test: several processes (one ``SessionManager`` each) over one store.
+
+Hypothesis drives interleaved requests at the manager level, the way the middleware does per
+request: ``join`` (or ``create_session``), route code on the session, ``flush`` as the response
+starts, ``release`` as it ends. A pool of *open* visits spans sessions and processes, so one
+session's requests overlap in one process and across processes. Between requests the clock jumps
+(idle expiry, found on join or by reaper ticks on several processes), keeper ticks run, and a
+process's store goes down and comes back: a real store whose contract methods fail at their await
+point while ``down`` is set (the data stays in the real server, and the other processes keep
+reaching it).
+
+A small reference model says what the store must hold for each browser's session (whether it
+exists, under which ID, its attributes, principal and deadline) and what every join must answer;
+each step checks it against the product and against the store itself ("the store is the truth"):
+
+1. a join with the cookie of a live session finds it; with the store down it raises
+   ``StoreUnavailableError`` (a 503), never ``None`` and never a fresh session;
+2. after the store comes back the same cookie finds the data of the last successful save;
+3. an ID that was changed or ended is dead on the same process at once and everywhere once the
+   response started; a request whose session ended elsewhere never brings it back;
+4. ``invalidate_all(principal, keep=session)`` never ends the kept session, even renamed;
+5. ``session_created`` and ``session_destroyed`` fire exactly once per session, over all processes;
+6. saves write what the request changed, attribute by attribute, last save wins;
+7. nothing piles up: no shares left in process once every request ended, no stale index entry.
+
+To keep the model exact the stores run with ``save_period=0``: a deadline is then always the last
+activity plus ``max_inactive_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from servletsession import MemoryStore, SessionManager, StoreUnavailableError
+from servletsession.listeners import HttpSessionEvent
+from servletsession.persistence import Visit
+from servletsession.session import HttpSession
+from servletsession.stores.redis import RedisStore
+from servletsession.stores.serializing import SerializingStore
+from servletsession.stores.sql import SQLStore
+
+from ..conftest import FakeClock
+from .conftest import POSTGRES_URL, REDIS_URL, STORE_KINDS, _clean, require
+
+T = TypeVar("T")
+
+INTERVAL = 60  # max_inactive_interval, seconds
+NAMES = ("a", "b", "c")
+PRINCIPAL = "u"
+MAX_BROWSERS = 4
+MAX_OPEN = 6
+PROCESSES = {"memory": 1, "sqlite": 2, "postgresql": 2, "redis": 2}
+
+SETTINGS = settings(
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+NEW, LIVE, GONE = "new", "live", "gone"
+REMOVED: Any = object()  # a pending removal
+
+
+# --- fault injection: a real store that fails at its await points while ``down`` -------------
+
+CONTRACT = ("load", "create", "save", "touch", "delete", "claim", "rename", "claim_expired",
+            "acquire_lock", "renew_lock", "release_lock", "count", "sessions_of", "session_ids",
+            "least_recent")  # fmt: skip
+
+
+class Outage:
+    """Mixed in before a real store class: while ``down`` is set, every contract method of this
+    instance raises ``StoreUnavailableError`` before reaching the server."""
+
+    down = False
+
+
+def _gated(name: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise StoreUnavailableError(f"injected outage ({name})")
+        return await getattr(super(Outage, self), name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name in CONTRACT:
+    setattr(Outage, _name, _gated(_name))
+
+
+class FlakySQLStore(Outage, SQLStore):
+    pass
+
+
+class FlakyRedisStore(Outage, RedisStore):
+    pass
+
+
+# --- the reference model ---------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Browser:
+    """One browser's session, as the store must hold it."""
+
+    key: int
+    cookie: str | None = None  # the ID its cookie holds now
+    known: list[str] = field(default_factory=list)  # every ID its cookie ever held
+    state: str = NEW  # NEW: not stored yet; LIVE: the store holds it; GONE: ended
+    store_id: str | None = None
+    saved: dict[str, Any] = field(default_factory=dict)
+    principal: str | None = None
+    deadline: float = math.inf  # shared stores: the stored deadline
+    idle_since: float = 0.0  # MemoryStore: when its idle time started
+
+
+@dataclass(eq=False)
+class Share:
+    """One ``HttpSession`` object of one process (for MemoryStore: the live session)."""
+
+    session: HttpSession
+    key: int
+    m: int
+    stored: bool
+    in_map: bool = True  # in the process's ``in_process`` map
+    valid: bool = True
+    detached: bool = False
+    in_flight: int = 1
+    prev: str | None = None  # an ID change not yet written
+    pending: dict[str, Any] = field(default_factory=dict)  # set since the last save
+    principal_changed: bool = False
+    claim_failed: bool = False  # an end whose claim could not reach the store
+    known_deadline: float = math.inf  # the stored deadline as this object last saw it
+
+
+@dataclass(eq=False)
+class Open:
+    """A request under way: joined or created, not yet released."""
+
+    m: int
+    visit: Visit
+    share: Share
+    requested: str | None  # the cookie it came with (None: it created the session)
+    flushed: bool = False
+    refused: bool = False
+
+
+class Recorder:
+    """Every manager's listener: counts lifecycle events per session (by its "key" attribute)."""
+
+    def __init__(self, machine: ModelMachine, m: int) -> None:
+        self.machine, self.m = machine, m
+
+    def session_created(self, event: HttpSessionEvent) -> None:
+        self.machine.created_log.append((self.m, event.session))
+
+    def session_destroyed(self, event: HttpSessionEvent) -> None:
+        key = event.session.get_attribute("key")
+        self.machine.destroyed[key] = self.machine.destroyed.get(key, 0) + 1
+
+
+class _Down(Exception):
+    """The model's own: the store call it predicts fails (the store is down)."""
+
+
+indexes = st.integers(min_value=0, max_value=15)
+
+
+class ModelMachine(RuleBasedStateMachine):
+    kind = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = FakeClock()
+        self.tag = uuid.uuid4().hex[:10]
+        self.tmp = tempfile.mkdtemp(prefix="ssmodel-") if self.kind == "sqlite" else None
+        self.shared = self.kind != "memory"
+        count = PROCESSES[self.kind]
+        self.stores = [self._store(Outage) for _ in range(count)]
+        self.observer: Any = self._store(None) if self.shared else self.stores[0]
+        self.managers = [
+            SessionManager(store, clock=self.clock, max_inactive_interval=INTERVAL,
+                           listeners=[Recorder(self, m)])  # fmt: skip
+            for m, store in enumerate(self.stores)
+        ]
+        self.down = [False] * count
+        self.retired: list[set[str]] = [set() for _ in range(count)]
+        self.browsers: list[Browser] = []
+        self.owner: dict[str, Browser] = {}  # every ID ever given -> its browser
+        self.shares: dict[HttpSession, Share] = {}
+        self.open: list[Open] = []
+        self.created_log: list[tuple[int, HttpSession]] = []
+        self.destroyed: dict[Any, int] = {}
+        self.values = 0
+
+    def _store(self, flaky: type | None) -> Any:
+        if self.kind == "memory":
+            return MemoryStore()
+        sql = FlakySQLStore if flaky else SQLStore
+        redis = FlakyRedisStore if flaky else RedisStore
+        if self.kind == "sqlite":
+            return sql(f"sqlite+aiosqlite:///{self.tmp}/sessions.db", save_period=0)
+        if self.kind == "postgresql":
+            return sql(POSTGRES_URL, table_prefix=f"t{self.tag}_", save_period=0)
+        return redis(REDIS_URL, prefix=f"sstest:{self.tag}:", save_period=0)
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            for manager in self.managers:
+                await manager.close()
+            if self.shared:
+                await self.observer.close()
+            await _clean(self.kind, self.tag)
+
+        try:
+            self._run(close())
+        finally:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.close()
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _run(self, coroutine: Awaitable[T]) -> T:
+        """Run one step on the machine's loop, then let every task it started finish (a
+        claim chained by ``invalidate()`` completes before the next step)."""
+        try:
+            return self.loop.run_until_complete(coroutine)
+        finally:
+            while pending := [t for t in asyncio.all_tasks(self.loop) if not t.done()]:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def _pick(self, index: int, candidates: list[Open]) -> Open:
+        return candidates[index % len(candidates)]
+
+    def _valid_open(self) -> list[Open]:
+        return [o for o in self.open if o.share.valid]
+
+    def _m(self, m: int) -> int:
+        return m % len(self.managers)
+
+    def _share_on(self, m: int, session_id: str) -> Share | None:
+        for share in self.shares.values():
+            if share.m == m and share.in_map and share.session._id == session_id:
+                return share
+        return None
+
+    def _alive(self, br: Browser, session_id: str | None) -> bool:
+        return br.state == LIVE and session_id is not None and br.store_id == session_id
+
+    def _gone(self, br: Browser) -> None:
+        br.state = GONE
+
+    def _call(self, m: int) -> None:
+        if self.down[m]:
+            raise _Down
+
+    @staticmethod
+    def _apply(attributes: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        result = dict(attributes)
+        for name, value in changes.items():
+            if value is REMOVED:
+                result.pop(name, None)
+            else:
+                result[name] = value
+        return result
+
+    @staticmethod
+    def _attributes(session: HttpSession) -> dict[str, Any]:
+        return {name: session.get_attribute(name) for name in session.get_attribute_names()}
+
+    # --- the model of a shared store's writes ------------------------------------------------
+
+    def _push(self, share: Share) -> bool:
+        """``SharedSessions.push``: what it writes; raises ``_Down`` at its first store call if
+        the store is down (what happened before that call stays done)."""
+        if share.detached:
+            return False
+        m, session, br = share.m, share.session, self.browsers[share.key]
+        if share.prev is not None:
+            if share.stored:
+                self._call(m)
+                if self._alive(br, share.prev):
+                    br.store_id = session._id
+                else:
+                    self._detach(share)
+                    return False
+            self.retired[m].discard(share.prev)
+            share.prev = None
+        if not share.stored:
+            self._call(m)
+            br.state, br.store_id = LIVE, session._id
+            br.saved = self._apply({}, share.pending)
+            br.principal = PRINCIPAL if share.principal_changed else None
+            br.deadline = share.known_deadline = self.now + INTERVAL
+            share.stored = True
+            share.pending, share.principal_changed = {}, False
+            return True
+        if not share.pending and not share.principal_changed:
+            return False
+        self._call(m)
+        wrote = self._alive(br, session._id)
+        if wrote:  # an expired session not yet claimed is written, and lives on
+            br.saved = self._apply(br.saved, share.pending)
+            if share.principal_changed:
+                br.principal = PRINCIPAL
+            br.deadline = share.known_deadline = max(br.deadline, self.now + INTERVAL)
+        else:
+            self._detach(share)
+        share.pending, share.principal_changed = {}, False
+        return wrote
+
+    def _touch(self, share: Share, session_id: str) -> None:
+        """``store.touch``: activity extends an unexpired session; a gone one detaches."""
+        br = self.browsers[share.key]
+        if not self._alive(br, session_id):
+            self._detach(share)
+            return
+        if br.deadline > self.now:
+            br.deadline = max(br.deadline, self.now + INTERVAL)
+        share.known_deadline = br.deadline
+
+    def _detach(self, share: Share) -> None:
+        share.detached = True
+        share.in_map = False
+
+    def _refuse(self, o: Open) -> None:
+        """``SharedSessions.refuse``: a 503; nothing of the request is written."""
+        o.refused = True
+        share = o.share
+        share.claim_failed = False
+        for session_id in (share.session._id, share.prev):
+            if session_id is not None:
+                self.retired[o.m].discard(session_id)
+        share.in_map = False
+        if not share.stored and share.valid:  # a new session, never stored: discarded
+            share.valid = False
+            self._gone(self.browsers[share.key])
+
+    def _end(self, share: Share) -> None:
+        """A share ended in its process (invalidate, or a manager's end): claimed in the store
+        first; its events fire only if that claim removed it."""
+        br, m = self.browsers[share.key], share.m
+        share.valid = False
+        share.in_map = False
+        if not self.shared:
+            self._gone(br)
+            return
+        if not share.stored:
+            self._gone(br)  # never stored: ends here, now
+            return
+        ids = {share.session._id, share.prev} - {None}
+        if self.down[m]:
+            share.claim_failed = True  # raised by the next settle (flush or release)
+        else:
+            if br.state == LIVE and br.store_id in ids:
+                self._gone(br)
+            share.stored = False
+            share.prev = None
+        self.retired[m] -= ids
+
+    def _cookie_after_flush(self, o: Open) -> None:
+        """The response started: the browser keeps what ``Set-Cookie`` said."""
+        br, session = self.browsers[o.share.key], o.share.session
+        if o.share.valid:
+            if session._id != o.requested:
+                br.cookie = session._id
+                br.known.append(session._id)
+        elif o.requested is not None:
+            br.cookie = None
+
+    # --- rules: requests ---------------------------------------------------------------------
+
+    @initialize(processes=st.lists(indexes, min_size=1, max_size=3))
+    def browsers_with_sessions(self, processes: list[int]) -> None:
+        """Browsers that got their session from an earlier request (created, flushed,
+        released), each on its process."""
+        for m in processes:
+            self.create(m)
+            self.flush(len(self.open) - 1)
+            self.release(len(self.open) - 1)
+
+    @precondition(lambda self: len(self.browsers) < MAX_BROWSERS and len(self.open) < MAX_OPEN)
+    @rule(m=indexes)
+    def create(self, m: int) -> None:
+        m = self._m(m)
+        key = len(self.browsers)
+        before = len(self.created_log)
+
+        async def go() -> tuple[Visit, HttpSession]:
+            visit = Visit()
+            session = self.managers[m].create_session(visit)
+            session.set_attribute("key", key)
+            return visit, session
+
+        visit, session = self._run(go())
+        assert self.created_log[before:] == [(m, session)]
+        br = Browser(key=key, idle_since=self.now)
+        self.browsers.append(br)
+        self.owner[session._id] = br
+        share = Share(session, key, m, stored=not self.shared)
+        if self.shared:
+            share.pending["key"] = key
+        else:
+            br.state, br.store_id, br.saved = LIVE, session._id, {"key": key}
+        self.shares[session] = share
+        self.open.append(Open(m, visit, share, requested=None))
+
+    @precondition(
+        lambda self: len(self.open) < MAX_OPEN and any(br.known for br in self.browsers)
+    )
+    @rule(m=indexes, b=indexes, stale=st.integers(min_value=0, max_value=3), which=indexes)
+    def join(self, m: int, b: int, stale: int, which: int) -> None:
+        m = self._m(m)
+        # Mostly a browser whose session lives, with its cookie; sometimes any ID ever issued.
+        candidates = [br for br in self.browsers if br.cookie is not None and br.state != GONE]
+        if not stale or not candidates:
+            candidates = [br for br in self.browsers if br.known]
+        br = candidates[b % len(candidates)]
+        target = br.cookie if stale and br.cookie is not None else br.known[which % len(br.known)]
+        owner = self.owner[target]
+
+        async def go() -> tuple[Visit, HttpSession | None | str]:
+            visit = Visit()
+            try:
+                return visit, await self.managers[m].join(target, visit)
+            except StoreUnavailableError:
+                return visit, "unavailable"
+
+        visit, found = self._run(go())
+        if self.down[m]:
+            assert found == "unavailable", (
+                f"invariant 2: a join with the store down answered {found!r}, not 503"
+            )
+            return
+        assert found != "unavailable", "the store is up, yet the join raised"
+        if self.shared:
+            expected = self._join_shared(m, target, owner)
+        else:
+            expected = self._join_memory(target, owner)
+        if expected is None:
+            assert found is None, (
+                f"invariants 1/3: session {owner.key} joined by an ID that must find nothing "
+                f"(state {owner.state}, retired here: {target in self.retired[m]})"
+            )
+            return
+        assert isinstance(found, HttpSession), (
+            f"invariant 1: the cookie of live session {owner.key} found nothing on process {m}"
+        )
+        share = expected if isinstance(expected, Share) else None
+        if share is None:  # a new share, read from the store
+            share = Share(found, owner.key, m, stored=True, in_flight=0,
+                          known_deadline=owner.deadline)  # fmt: skip
+            self.shares[found] = share
+        assert found is share.session, "a process must share one object among its requests"
+        share.in_flight += 1
+        view = self._apply(owner.saved, share.pending) if self.shared else owner.saved
+        assert self._attributes(found) == view, (
+            f"invariants 2/6: session {owner.key} joined with other attributes than were saved"
+        )
+        principal = PRINCIPAL if share.principal_changed else owner.principal
+        assert found.principal == principal
+        self.open.append(Open(m, visit, share, requested=target))
+
+    def _join_shared(self, m: int, target: str, owner: Browser) -> Share | bool | None:
+        """What a join of ``target`` on process ``m`` must answer: ``None``, the process's share
+        (a ``Share``) or a new object read from the store (``True``)."""
+        alive = self._alive(owner, target)
+        if alive and owner.deadline > self.now:  # load(touch=True) records the access
+            owner.deadline = max(owner.deadline, self.now + INTERVAL)
+        share = self._share_on(m, target)
+        if target in self.retired[m]:
+            return None
+        if not alive:
+            if share is not None:
+                self._detach(share)
+            return None
+        if owner.deadline <= self.now:  # found expired: claimed here, events here
+            self._gone(owner)
+            if share is not None:
+                share.valid = share.in_map = share.stored = False
+            return None
+        if share is not None:
+            share.known_deadline = owner.deadline
+            return share
+        return True
+
+    def _join_memory(self, target: str, owner: Browser) -> Share | None:
+        if not self._alive(owner, target):
+            return None
+        share = next(s for s in self.shares.values() if s.key == owner.key)
+        if share.in_flight == 0 and owner.idle_since + INTERVAL <= self.now:
+            self._gone(owner)
+            share.valid = False
+            return None
+        owner.idle_since = self.now
+        return share
+
+    @precondition(lambda self: self._valid_open())
+    @rule(i=indexes, name=st.sampled_from(NAMES), remove=st.integers(min_value=0, max_value=3))
+    def set_attribute(self, i: int, name: str, remove: int) -> None:
+        o = self._pick(i, self._valid_open())
+        session, share = o.share.session, o.share
+        self.values += 1
+        value = None if remove == 0 else self.values
+        present = name in session.get_attribute_names()
+
+        async def go() -> None:
+            session.set_attribute(name, value)
+
+        self._run(go())
+        if value is None and not present:
+            return  # removing what is not there changes nothing
+        if self.shared:
+            share.pending[name] = REMOVED if value is None else value
+        else:
+            saved = self.browsers[share.key].saved
+            if value is None:
+                saved.pop(name, None)
+            else:
+                saved[name] = value
+
+    @precondition(lambda self: self._valid_open())
+    @rule(i=indexes)
+    def log_in(self, i: int) -> None:
+        o = self._pick(i, self._valid_open())
+        session = o.share.session
+        changes = session.principal != PRINCIPAL
+
+        async def go() -> None:
+            session.principal = PRINCIPAL
+
+        self._run(go())
+        if not changes:
+            return
+        if self.shared:
+            o.share.principal_changed = True
+        else:
+            self.browsers[o.share.key].principal = PRINCIPAL
+
+    @precondition(lambda self: self._valid_open())
+    @rule(i=indexes)
+    def invalidate(self, i: int) -> None:
+        o = self._pick(i, self._valid_open())
+        share = o.share
+        if self.shared and share.stored:
+            self.retired[o.m].add(share.session._id)
+        self._end(share)
+
+        async def go() -> None:
+            share.session.invalidate()
+
+        self._run(go())
+
+    @precondition(lambda self: self._valid_open())
+    @rule(i=indexes)
+    def change_session_id(self, i: int) -> None:
+        o = self._pick(i, self._valid_open())
+        share, br = o.share, self.browsers[o.share.key]
+        old = share.session._id
+
+        async def go() -> str:
+            return self.managers[o.m].change_session_id_now(share.session)
+
+        new = self._run(go())
+        assert share.session._id == new != old
+        self.owner[new] = br
+        if not self.shared:
+            br.store_id = new
+            return
+        if share.prev is None:
+            share.prev = old
+        share.in_map = True
+        if share.stored:
+            self.retired[o.m].add(old)
+
+    @precondition(lambda self: self._valid_open())
+    @rule(i=indexes)
+    def invalidate_all(self, i: int) -> None:
+        """Log out everywhere else: every session of the principal ends except this one."""
+        o = self._pick(i, self._valid_open())
+        m, keep = o.m, o.share
+
+        async def go() -> int | str:
+            try:
+                return await self.managers[m].invalidate_all(PRINCIPAL, keep=keep.session)
+            except StoreUnavailableError:
+                return "unavailable"
+
+        ended = self._run(go())
+        if self.down[m]:
+            assert ended == "unavailable"
+            return
+        expected = 0
+        kept_ids = {keep.session._id, keep.prev} - {None}
+        for br in self.browsers:
+            if br.state != LIVE or br.principal != PRINCIPAL or br.store_id in kept_ids:
+                continue
+            if self.shared:
+                if br.deadline <= self.now or br.store_id in self.retired[m]:
+                    continue
+                share = self._share_on(m, br.store_id)
+                if share is not None:
+                    share.valid = share.in_map = share.stored = False
+                self._gone(br)
+            else:
+                share = next(s for s in self.shares.values() if s.key == br.key)
+                if share.in_flight == 0 and br.idle_since + INTERVAL <= self.now:
+                    continue
+                share.valid = False
+                self._gone(br)
+            expected += 1
+        assert keep.session._valid, "invariant 4: invalidate_all ended the kept session"
+        assert ended == expected, f"invalidate_all ended {ended} sessions, the model {expected}"
+
+    @precondition(lambda self: any(not o.flushed for o in self.open))
+    @rule(i=indexes)
+    def flush(self, i: int) -> None:
+        """The response starts: what the request changed is written now."""
+        o = self._pick(i, [o for o in self.open if not o.flushed])
+        o.flushed = True
+        expect = self._flush_shared(o) if self.shared else "ok"
+
+        async def go() -> str:
+            try:
+                await self.managers[o.m].flush(o.visit)
+            except StoreUnavailableError:
+                return "unavailable"
+            return "ok"
+
+        outcome = self._run(go())
+        assert outcome == expect, f"flush answered {outcome}, the model {expect}"
+        if outcome == "ok":
+            self._cookie_after_flush(o)
+
+    def _flush_shared(self, o: Open) -> str:
+        share = o.share
+        if o.refused:
+            return "ok"
+        if share.claim_failed:
+            self._refuse(o)
+            return "unavailable"
+        if share.valid:
+            try:
+                self._push(share)
+            except _Down:
+                self._refuse(o)
+                return "unavailable"
+        return "ok"
+
+    @precondition(lambda self: self.open)
+    @rule(i=indexes)
+    def release(self, i: int) -> None:
+        """The request ends (with or without its response having started)."""
+        o = self._pick(i, self.open)
+        self.open.remove(o)
+        expect = self._release_shared(o) if self.shared else self._release_memory(o)
+
+        async def go() -> str:
+            try:
+                await self.managers[o.m].release(o.visit)
+            except StoreUnavailableError:
+                return "unavailable"
+            return "ok"
+
+        outcome = self._run(go())
+        assert outcome == expect, f"release answered {outcome}, the model {expect}"
+
+    def _release_shared(self, o: Open) -> str:
+        share = o.share
+        if not o.refused and share.claim_failed:
+            self._refuse(o)
+            return "unavailable"
+        share.in_flight -= 1
+        if share.in_flight == 0:
+            share.in_map = False
+        if o.refused or not share.valid:
+            return "ok"
+        try:
+            wrote = self._push(share)
+            if not wrote and share.valid and not share.detached:
+                if share.known_deadline < self.now + INTERVAL:
+                    self._call(o.m)
+                    self._touch(share, share.session._id)
+        except _Down:
+            return "unavailable"
+        return "ok"
+
+    def _release_memory(self, o: Open) -> str:
+        o.share.in_flight -= 1
+        self.browsers[o.share.key].idle_since = self.now
+        return "ok"
+
+    # --- rules: time, background work, outages ------------------------------------------------
+
+    @rule(
+        seconds=st.sampled_from([1, 3, 5, 10, 15, 20, 30, 45, 61, 100]),
+        keepers=st.booleans(),
+    )
+    def time_passes(self, seconds: int, keepers: bool) -> None:
+        """The clock moves on; with ``keepers`` every process's keeper ticks on the way (every
+        15 s, as it does for an idle interval of 60 s), else they stall."""
+        while seconds > 0:
+            step = min(seconds, 15) if keepers else seconds
+            self.clock.advance(step)
+            seconds -= step
+            if keepers and self.shared:
+                for m in range(len(self.managers)):
+                    self.keep_alive(m)
+
+    @rule(m=indexes)
+    def reap(self, m: int) -> None:
+        m = self._m(m)
+
+        async def go() -> int | str:
+            try:
+                return await self.managers[m].reap()
+            except StoreUnavailableError:
+                return "unavailable"
+
+        claimed = self._run(go())
+        if self.down[m]:
+            assert claimed == "unavailable"
+            return
+        expected = 0
+        if self.shared:
+            in_use = {
+                s.session._id
+                for s in self.shares.values()
+                if s.m == m and s.in_map and s.in_flight
+            }
+            for br in self.browsers:
+                if br.state == LIVE and br.deadline <= self.now and br.store_id not in in_use:
+                    self._gone(br)
+                    expected += 1
+        else:
+            for share in self.shares.values():
+                br = self.browsers[share.key]
+                if br.state == LIVE and share.in_flight == 0 and (
+                    br.idle_since + INTERVAL <= self.now
+                ):
+                    share.valid = False
+                    self._gone(br)
+                    expected += 1
+        assert claimed == expected, f"the reaper claimed {claimed}, the model {expected}"
+
+    @precondition(lambda self: self.shared)
+    @rule(m=indexes)
+    def keep_alive(self, m: int) -> None:
+        """A keeper tick: sessions in use here stay ahead of their deadline."""
+        m = self._m(m)
+        due = [
+            s
+            for s in self.shares.values()
+            if s.m == m and s.in_map and s.valid and s.stored and s.in_flight
+            and s.known_deadline < self.now + INTERVAL
+        ]  # fmt: skip
+
+        async def go() -> str:
+            try:
+                await self.managers[m].keep_alive()
+            except StoreUnavailableError:
+                return "unavailable"
+            return "ok"
+
+        outcome = self._run(go())
+        if self.down[m]:
+            assert outcome == ("unavailable" if due else "ok")
+            return
+        assert outcome == "ok"
+        for share in due:
+            # The session is in use: it is kept alive under the ID the store holds it by
+            # (an ID change of the request is written as its response starts).
+            self._touch(share, share.prev or share.session._id)
+
+    @precondition(lambda self: self.shared)
+    @rule(m=indexes)
+    def store_goes_down_or_comes_back(self, m: int) -> None:
+        """Process ``m`` loses its store, or gets it back (the others keep theirs)."""
+        m = self._m(m)
+        self.down[m] = self.stores[m].down = not self.down[m]
+
+    # --- invariants -------------------------------------------------------------------------
+
+    @invariant()
+    def lifecycle_events_fire_once(self) -> None:
+        assert len(self.created_log) == len(self.browsers), "a session_created too many"
+        for br in self.browsers:
+            destroyed = self.destroyed.get(br.key, 0)
+            expected = 1 if br.state == GONE else 0
+            assert destroyed == expected, (
+                f"invariant 5: session {br.key} ({br.state}) had session_destroyed "
+                f"{destroyed} times"
+            )
+        assert set(self.destroyed) <= {br.key for br in self.browsers}
+
+    @invariant()
+    def objects_agree_with_the_model(self) -> None:
+        for o in self.open:
+            assert o.share.session._valid == o.share.valid, (
+                f"session {o.share.key}: valid {o.share.session._valid} in process {o.m}, "
+                f"the model says {o.share.valid}"
+            )
+
+    @invariant()
+    def the_store_holds_what_the_model_says(self) -> None:
+        live = {br.store_id: br for br in self.browsers if br.state == LIVE}
+        if not self.shared:
+            store: MemoryStore = self.observer
+            assert set(store.sessions) == set(live)
+            for session_id, br in live.items():
+                session = store.sessions[session_id]
+                assert self._attributes(session) == br.saved
+                assert session._principal == br.principal
+            return
+        observer: SerializingStore = self.observer
+
+        async def read() -> tuple[list[str], dict[str, Any], list[str]]:
+            ids = await observer.session_ids(0, 1000)
+            stored = {sid: await observer.load(sid, self.now, touch=False) for sid in live}
+            of = await observer.sessions_of(PRINCIPAL, self.now)
+            return ids, stored, of
+
+        ids, stored, of = self._run(read())
+        assert sorted(ids) == sorted(live), "the store holds other sessions than the model"
+        for session_id, br in live.items():
+            record = stored[session_id]
+            assert record is not None
+            attributes = observer.decode_all(session_id, record.attributes or {}, strict=True)
+            assert attributes == br.saved, f"invariant 6: session {br.key}'s stored attributes"
+            assert record.principal == br.principal
+            assert record.expires_at == br.deadline, f"session {br.key}'s stored deadline"
+        principal_ids = {
+            sid for sid, br in live.items() if br.principal == PRINCIPAL and br.deadline > self.now
+        }
+        assert set(of) == principal_ids, "the principal index"
+
+    @invariant()
+    def nothing_piles_up(self) -> None:
+        if not self.shared:
+            store: MemoryStore = self.observer
+            for principal, ids in store._by_principal.items():
+                for session_id in ids:
+                    session = store.sessions.get(session_id)
+                    assert session is not None, "invariant 7: a principal entry of a gone session"
+                    assert session._principal == principal
+            return
+        if self.open:
+            return
+        for m, manager in enumerate(self.managers):
+            assert not manager.in_process, f"invariant 7: process {m} holds shares at rest"
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_concurrent_requests_follow_the_model(kind: str) -> None:
+    asyncio.run(require(kind))
+    machine = type(f"ModelMachine_{kind}", (ModelMachine,), {"kind": kind})
+    run_state_machine_as_test(machine, settings=SETTINGS)
