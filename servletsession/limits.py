@@ -20,9 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import SessionLimitError
+from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
     from .config import ManagerSettings
+    from .persistence import Visit
     from .session import HttpSession
     from .stats import StatsCounter
     from .stores.base import SessionStore
@@ -45,6 +47,9 @@ class LimitsHost(Protocol):
     async def sessions_of(self, principal: str) -> list[HttpSession]: ...
     async def peek(self, session_id: str) -> HttpSession | None: ...
     async def end(self, session: HttpSession, reason: str = ...) -> bool: ...
+    def refuse(self, visit: Visit) -> None: ...
+    def principal_changing(self, session: HttpSession, new: str | None) -> None: ...
+    def expiry_changed(self, session: HttpSession) -> None: ...
 
 
 class SessionLimits:
@@ -145,3 +150,29 @@ class SessionLimits:
             victim = await host.peek(session_id)
             if victim is not None:
                 await host.end(victim, "evicted")
+
+    def undo(self, visit: Visit) -> None:
+        """Take back what a request refused by a limit did: a session it created ends unstored;
+        an existing one gets back its ID, attributes, principal and timeouts, unsaved."""
+        session = visit.session
+        assert session is not None
+        host = self._host
+        host.counter.rejected += 1
+        if visit.created:
+            session._expire("discarded")
+            return
+        snapshot = visit.snapshot
+        if snapshot is not None:
+            session._attributes.clear()
+            session._attributes.update(snapshot.attributes)
+            host.principal_changing(session, snapshot.principal)
+            session._principal = snapshot.principal
+            session._max_inactive_interval = snapshot.max_inactive_interval
+            session._absolute_timeout = snapshot.absolute_timeout
+            if isinstance(host.store, MemoryStore) and session._id != snapshot.session_id:
+                new_id, session._id = session._id, snapshot.session_id  # live: renamed at once
+                host.store.rename(new_id, session)
+            host.expiry_changed(session)
+        session._changed_names = None
+        session._principal_changed = session._timeouts_changed = False
+        host.refuse(visit)

@@ -81,22 +81,8 @@ class SessionManager:
         models: Iterable[type[BaseModel]] = (),
         clock: Clock = time.time,
     ) -> None:
-        self.settings: ManagerSettings = validated(
-            ManagerSettings,
-            max_inactive_interval=max_inactive_interval,
-            absolute_timeout=absolute_timeout,
-            max_active_sessions=max_active_sessions,
-            max_active_policy=max_active_policy,
-            max_sessions_per_principal=max_sessions_per_principal,
-            per_principal_policy=per_principal_policy,
-            reaper_interval=reaper_interval,
-            retry_after=retry_after,
-            save_mode=save_mode,
-            locking=locking,
-            lock_timeout=lock_timeout,
-            websocket_touch_interval=websocket_touch_interval,
-            shutdown_timeout=shutdown_timeout,
-        )
+        options = {k: v for k, v in locals().items() if k in ManagerSettings.model_fields}
+        self.settings: ManagerSettings = validated(ManagerSettings, **options)
         if store is not None and not isinstance(store, SessionStore):
             raise TypeError(
                 f"store must be a SessionStore (e.g. MemoryStore()), got {type(store).__name__}"
@@ -250,7 +236,7 @@ class SessionManager:
             try:
                 await self._limits.enforce(session)
             except SessionLimitError:
-                self._undo(visit)
+                self._limits.undo(visit)
                 raise
         await self._sessions.flush(visit)
 
@@ -265,7 +251,7 @@ class SessionManager:
                 await self._limits.enforce(session)
             except SessionLimitError as exc:
                 logger.warning("%s", exc)
-                self._undo(visit)
+                self._limits.undo(visit)
         await self._sessions.release(visit)
 
     async def release_lock(self, visit: Visit) -> None:
@@ -288,31 +274,6 @@ class SessionManager:
         if not visits:
             del self._direct[session]
         return visit
-
-    def _undo(self, visit: Visit) -> None:
-        """Take back what a request refused by a limit did: a session it created ends unstored;
-        an existing one gets back its ID, attributes, principal and timeouts, unsaved."""
-        session = visit.session
-        assert session is not None
-        self._counter.rejected += 1
-        if visit.created:
-            session._expire("discarded")
-            return
-        snapshot = visit.snapshot
-        if snapshot is not None:
-            session._attributes.clear()
-            session._attributes.update(snapshot.attributes)
-            self.principal_changing(session, snapshot.principal)
-            session._principal = snapshot.principal
-            session._max_inactive_interval = snapshot.max_inactive_interval
-            session._absolute_timeout = snapshot.absolute_timeout
-            if isinstance(self.store, MemoryStore) and session._id != snapshot.session_id:
-                new_id, session._id = session._id, snapshot.session_id
-                self.store.rename(new_id, session)
-            self.expiry_changed(session)
-        session._changed_names = None
-        session._principal_changed = session._timeouts_changed = False
-        self.refuse(visit)
 
     # --- ID change and invalidation ----------------------------------------------------------
 

@@ -400,18 +400,6 @@ class HttpSession(MutableMapping[str, Any]):
             return math.inf
         return self._creation_time + self._absolute_timeout
 
-    def _take_changes(self) -> set[str]:
-        """The attribute names set or removed since the last save, and forget them."""
-        changed = self._changed_names
-        self._changed_names = None
-        return changed if changed is not None else set()
-
-    def _take_reads(self) -> set[str]:
-        """The attribute names read since the last save (``save_mode="on_get"``)."""
-        read = self._read_names
-        self._read_names = None
-        return read if read is not None else set()
-
     # --- the mapping protocol ----------------------------------------------------------------
 
     get = get_attribute  # the mapping's ``get``, without a round trip through ``__getitem__``

@@ -22,15 +22,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from .changes import changes_of, record_of, refresh, to_values
 from .errors import StoreUnavailableError
-from .listeners import HttpSessionEvent, chain, deliver_to_value, settle
+from .listeners import chain, settle
 from .locks import SessionLocks
 from .session import HttpSession
-from .stores.base import SessionWrite, StoredSession
+from .stores.base import StoredSession
 
 if TYPE_CHECKING:
     from .persistence import SessionHost, Visit
@@ -91,12 +91,12 @@ class SharedSessions:
                 return None
             session._snapshot = ticket
             self.in_process[session_id] = share = session
-            _to_values(session, "session_did_activate")
+            to_values(session, "session_did_activate")
         elif not share._saving and ticket > max(share._snapshot, share._save_started):
             # No write of the share is under way or began after our read, and no read that
             # began later has been taken in: what we read is newer than what the share holds.
             fresh = self._store.decode_all(session_id, stored.attributes or {}, strict=False)
-            _refresh(share, stored, fresh or {})
+            refresh(share, stored, fresh or {})
             share._snapshot = ticket
         share._stored_expires = stored.expires_at
         share._begin_access(now, previous=stored.last_access)
@@ -171,7 +171,7 @@ class SharedSessions:
                 del self.in_process[session._id]
             if not visit.refused and session._valid:
                 if session._in_flight == 0:
-                    _to_values(session, "session_will_passivate")  # it leaves the process
+                    to_values(session, "session_will_passivate")  # it leaves the process
                     await settle(session)
                 wrote = await self.push(session)
                 now = self._host.clock()
@@ -219,12 +219,14 @@ class SharedSessions:
             finally:
                 self.retired.discard(previous)
         if not session._stored:
-            await self._writing(session, store.create(session._id, self._record(session, now), now))
+            await self._writing(
+                session, store.create(session._id, record_of(session, store, now), now)
+            )
             session._stored = True
             session._changed_names = session._read_names = None
             session._principal_changed = session._timeouts_changed = False
             return True
-        write = self._changes(session)
+        write = changes_of(session, store, self._host.settings.save_mode)
         if not write and not session._timeouts_changed:
             return False
         if self._locking:
@@ -253,58 +255,6 @@ class SharedSessions:
         finally:
             session._saving -= 1
             session._snapshot = next(self._tickets)
-
-    def _record(self, session: HttpSession, now: float) -> StoredSession:
-        written, _ = self._encode(session, session._attributes)
-        interval, absolute = session._max_inactive_interval, session._absolute_timeout
-        expires = self._store.next_deadline(
-            math.inf, interval, absolute, session._creation_time, now, force=True
-        )
-        session._stored_expires = math.inf if expires is None else expires
-        return StoredSession(
-            creation_time=session._creation_time,
-            last_access=session._this_accessed_time,
-            expires_at=session._stored_expires,
-            max_inactive_interval=interval,
-            absolute_timeout=absolute,
-            principal=session._principal,
-            attributes=written,
-        )
-
-    def _changes(self, session: HttpSession) -> SessionWrite:
-        changed = session._take_changes()
-        mode = self._host.settings.save_mode
-        if mode == "always":
-            changed.update(session._attributes)
-        elif mode == "on_get":
-            changed.update(session._take_reads())
-        written, removed = self._encode(session, changed)
-        write = SessionWrite(written=written, removed=removed)
-        if session._principal_changed:
-            write.principal_changed, write.principal = True, session._principal
-            session._principal_changed = False
-        if session._timeouts_changed:
-            write.timeouts_changed = True
-            write.max_inactive_interval = session._max_inactive_interval
-            write.absolute_timeout = session._absolute_timeout
-            session._timeouts_changed = False
-        return write
-
-    def _encode(
-        self, session: HttpSession, names: set[str] | dict[str, object]
-    ) -> tuple[dict[str, bytes], list[str]]:
-        attributes, encode = session._attributes, self._store.encode
-        written: dict[str, bytes] = {}
-        removed: list[str] = []
-        for name in names:
-            if name not in attributes:
-                removed.append(name)
-                continue
-            try:
-                written[name] = encode(name, attributes[name])
-            except TypeError as exc:  # checked at set_attribute, then changed in place
-                logger.error("%s; the stored value of %r is kept (%r)", exc, name, session)
-        return written, removed
 
     # --- ending ------------------------------------------------------------------------------
 
@@ -452,30 +402,3 @@ class SharedSessions:
         if self._locking:
             candidates.append(self.locks.lease / 3)
         return max(0.05, min(candidates))
-
-
-def _refresh(share: HttpSession, stored: StoredSession, attributes: dict[str, Any]) -> None:
-    """Take the store's state into a share that another request of this process is using,
-    except what this process changed and has not written yet: a request sees what other
-    processes wrote before it arrived. Values are replaced without events (nothing was set)."""
-    changed = share._changed_names or ()
-    current = share._attributes
-    for name in [name for name in current if name not in attributes and name not in changed]:
-        del current[name]
-    for name, value in attributes.items():
-        if name not in changed:
-            current[name] = value
-    if not share._principal_changed:
-        share._principal = stored.principal
-    if not share._timeouts_changed:
-        share._max_inactive_interval = stored.max_inactive_interval
-        share._absolute_timeout = stored.absolute_timeout
-
-
-def _to_values(session: HttpSession, method_name: str) -> None:
-    """Activation events go to the attribute values that listen for them."""
-    event = None
-    for value in list(session._attributes.values()):
-        if hasattr(value, method_name):
-            event = event or HttpSessionEvent(session)
-            deliver_to_value(session, value, method_name, event)

@@ -1,0 +1,107 @@
+"""What a shared store is given to write, and what a share takes in from what it read.
+
+The manager's side of the :class:`~servletsession.stores.base.SharedStore` contract: a new
+session becomes a :class:`StoredSession`, a save a :class:`SessionWrite` with the attributes the
+save mode picks and the metadata this process changed; a read is taken into a share except where
+the share has changes of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from .listeners import HttpSessionEvent, deliver_to_value
+from .stores.base import SessionWrite, StoredSession
+
+if TYPE_CHECKING:
+    from .session import HttpSession
+    from .stores.serializing import SerializingStore
+
+logger = logging.getLogger("servletsession")
+
+
+def record_of(session: HttpSession, store: SerializingStore, now: float) -> StoredSession:
+    """A new session as the store is to hold it, all its attributes encoded."""
+    written, _ = _encode(session, store, session._attributes)
+    interval, absolute = session._max_inactive_interval, session._absolute_timeout
+    expires = store.next_deadline(
+        math.inf, interval, absolute, session._creation_time, now, force=True
+    )
+    session._stored_expires = math.inf if expires is None else expires
+    return StoredSession(
+        creation_time=session._creation_time,
+        last_access=session._this_accessed_time,
+        expires_at=session._stored_expires,
+        max_inactive_interval=interval,
+        absolute_timeout=absolute,
+        principal=session._principal,
+        attributes=written,
+    )
+
+
+def changes_of(session: HttpSession, store: SerializingStore, save_mode: str) -> SessionWrite:
+    """What a save writes: the attributes the save mode picks, metadata only if it changed."""
+    changed = session._changed_names or set()
+    session._changed_names = None
+    if save_mode == "always":
+        changed.update(session._attributes)
+    elif save_mode == "on_get":
+        changed.update(session._read_names or ())
+        session._read_names = None
+    written, removed = _encode(session, store, changed)
+    write = SessionWrite(written=written, removed=removed)
+    if session._principal_changed:
+        write.principal_changed, write.principal = True, session._principal
+        session._principal_changed = False
+    if session._timeouts_changed:
+        write.timeouts_changed = True
+        write.max_inactive_interval = session._max_inactive_interval
+        write.absolute_timeout = session._absolute_timeout
+        session._timeouts_changed = False
+    return write
+
+
+def _encode(
+    session: HttpSession, store: SerializingStore, names: set[str] | dict[str, Any]
+) -> tuple[dict[str, bytes], list[str]]:
+    attributes, encode = session._attributes, store.encode
+    written: dict[str, bytes] = {}
+    removed: list[str] = []
+    for name in names:
+        if name not in attributes:
+            removed.append(name)
+            continue
+        try:
+            written[name] = encode(name, attributes[name])
+        except TypeError as exc:  # checked at set_attribute, then changed in place
+            logger.error("%s; the stored value of %r is kept (%r)", exc, name, session)
+    return written, removed
+
+
+def refresh(share: HttpSession, stored: StoredSession, attributes: dict[str, Any]) -> None:
+    """Take the store's state into a share that another request of this process is using,
+    except what this process changed and has not written yet: a request sees what other
+    processes wrote before it arrived. Values are replaced without events (nothing was set)."""
+    changed = share._changed_names or ()
+    current = share._attributes
+    for name in [name for name in current if name not in attributes and name not in changed]:
+        del current[name]
+    for name, value in attributes.items():
+        if name not in changed:
+            current[name] = value
+    if not share._principal_changed:
+        share._principal = stored.principal
+    if not share._timeouts_changed:
+        share._max_inactive_interval = stored.max_inactive_interval
+        share._absolute_timeout = stored.absolute_timeout
+
+
+def to_values(session: HttpSession, method_name: str) -> None:
+    """Activation events go to the attribute values that listen for them."""
+    event = None
+    for value in list(session._attributes.values()):
+        if hasattr(value, method_name):
+            event = event or HttpSessionEvent(session)
+            deliver_to_value(session, value, method_name, event)
