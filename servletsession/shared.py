@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -123,6 +124,8 @@ class SharedSessions:
         session._principal = stored.principal
         session._track_reads = self._host.settings.save_mode == "on_get"
         session._stored_expires = stored.expires_at
+        if stored.max_inactive_interval > 0 and math.isfinite(stored.expires_at):
+            session._idle_since = stored.expires_at - stored.max_inactive_interval  # the store's
         return session
 
     async def _end_unreadable(self, session_id: str, stored: StoredSession) -> None:

@@ -121,3 +121,34 @@ def test_a_session_invalidated_on_another_worker_closes_the_websocket(
             other.post("/invalidate", headers=cookie)
             message: Any = socket.receive()
             assert (message["type"], message["code"]) == ("websocket.close", 1008)
+
+
+def test_an_open_websocket_is_closed_with_1008_at_the_absolute_timeout(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """The absolute timeout holds however busy: the open websocket (which keeps its session
+    alive) is closed at it, the session fires session_destroyed once, and no request joins it."""
+    ended: list[str] = []
+
+    class Destroyed:
+        def session_destroyed(self, event: Any) -> None:
+            ended.append(event.session.get_attribute("a"))
+
+    for store in (None, SQLStore(f"sqlite:///{tmp_path}/abs.db")):
+        ended.clear()
+        manager = SessionManager(store, clock=clock, absolute_timeout=100, listeners=[Destroyed()],
+                                 websocket_touch_interval=0.01)  # fmt: skip
+        with TestClient(make_app(manager, ROUTES), base_url="https://testserver") as http:
+            cookie = open_session(http)
+            with http.websocket_connect("/ws", headers=cookie) as socket:
+                socket.send_text("hi")
+                assert socket.receive_text() == "hi kept"
+                clock.advance(99)
+                socket.send_text("still")
+                assert socket.receive_text() == "still kept"  # not yet
+                clock.advance(1)
+                message = socket.receive()
+                assert message["type"] == "websocket.close"
+                assert message["code"] == 1008
+            assert http.get("/get/a", headers=cookie).json() == {"session": False}
+        assert ended == ["kept"]
