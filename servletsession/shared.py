@@ -295,18 +295,15 @@ class SharedSessions:
             self._host.dropped(session)
 
     async def _expire_found(self, session_id: str, now: float) -> None:
-        """A joining request found the session past its deadline: claim it, and fire its events
-        here if the claim is ours."""
+        """A joining request (or the keeper) found the session past its deadline: claim it, and
+        fire its events here if the claim is ours. Requests of this process still holding it
+        (only the absolute timeout strikes a session in use) finish on a detached copy, without
+        an error; the events fire on the claimed state."""
         stored = await self._store.claim(session_id, now)
-        share = self.in_process.get(session_id)
+        self._drop(session_id)
         if stored is None:
-            self._drop(session_id)
             return
-        if share is not None and share._valid:
-            del self.in_process[session_id]
-            session: HttpSession | None = share
-        else:
-            session = await self._build(session_id, stored, strict=False)
+        session = await self._build(session_id, stored, strict=False)
         if session is not None:
             session._stored = False
             session._expire("expired")
