@@ -33,6 +33,7 @@ class RequestSession(MutableMapping[str, Any]):
         "_session",
         "consulted",
         "found",
+        "journal",
         "refused",
         "requested_id",
         "started",
@@ -51,10 +52,12 @@ class RequestSession(MutableMapping[str, Any]):
         self.consulted = False  # the app looked at the session: responses vary by Cookie
         self.started = False  # the response (or websocket accept) has been sent
         self.refused: SessionLimitError | None = None  # a limit refused the request
+        self.journal: dict[int, dict[str, Any]] | None = None  # shared stores: see Visit
 
     async def load(self) -> None:
         if self.requested_id is not None:
             visit = Visit()
+            visit.journal = self.journal
             session = await self._manager.join(self.requested_id, visit)
             if session is not None:
                 self._session = session
@@ -82,6 +85,7 @@ class RequestSession(MutableMapping[str, Any]):
                 "(before returning a StreamingResponse, or before websocket.accept())"
             )
         visit = Visit()
+        visit.journal = self.journal
         try:
             session = self._manager.create_session(visit)
         except SessionLimitError as exc:

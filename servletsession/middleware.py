@@ -18,6 +18,7 @@ from .context import SCOPE_KEY, RequestSession
 from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
+from .session import change_journal
 from .stores.base import SessionStore
 from .stores.faults import describe
 
@@ -113,6 +114,8 @@ class SessionMiddleware:
         if session_id is None and outcome != "absent":
             manager.cookie_rejected(outcome, scope)
         context = RequestSession(manager, self._cookies, session_id)
+        if manager.shared:  # what this request changes, to take back if it is answered 503
+            context.journal = {}
         try:
             if self._limited:
                 await manager.before_request()
@@ -188,6 +191,8 @@ class SessionMiddleware:
                     raise
             await send(message)
 
+        journal = context.journal
+        journal_token = change_journal.set(journal) if journal is not None else None
         try:
             await self.app(scope, receive, send_with_session)
         except SessionLimitError as exc:
@@ -197,6 +202,8 @@ class SessionMiddleware:
             elif not refused:
                 raise
         finally:
+            if journal_token is not None:
+                change_journal.reset(journal_token)
             if socket is not None:
                 await socket.stop()
             if context.visits:

@@ -53,6 +53,7 @@ class Visit:
     __slots__ = (
         "created",
         "ended_found",
+        "journal",
         "lock_token",
         "queued_id",
         "refused",
@@ -64,6 +65,8 @@ class Visit:
         self.session: HttpSession | None = None
         self.created = False  # the request made the session
         self.ended_found = False  # it found its session past its deadline and ended it
+        #: The request's change journal (``session.change_journal``), on shared stores.
+        self.journal: dict[int, dict[str, Any]] | None = None
         self.lock_token: str | None = None  # locking="session": this request's own lock
         self.queued_id: str | None = None  # ...and its place in this process's queue
         self.refused = False  # answered 503: nothing of this request is written

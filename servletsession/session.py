@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterator, MutableMapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from .cookies import session_ref
@@ -25,6 +26,14 @@ from .listeners import (
 )
 
 _ABSENT: Any = object()
+
+#: Set per request by the middleware on a shared store: for each session (by ``id``), the value
+#: each attribute had before this request first changed it (``ABSENT``: it had none), so that a
+#: request answered 503 can be taken back without touching what concurrent requests changed.
+change_journal: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar(
+    "servletsession_change_journal", default=None
+)
+ABSENT = _ABSENT
 
 
 def _is_storable_principal(principal: object) -> bool:
@@ -274,6 +283,9 @@ class HttpSession(MutableMapping[str, Any]):
         old = attributes.get(name, _ABSENT)
         if old is not value and hasattr(value, "value_bound"):
             deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
+        journal = change_journal.get()
+        if journal is not None:
+            journal.setdefault(id(self), {}).setdefault(name, old)
         attributes[name] = value
         self._mark_changed(name)
         if old is _ABSENT:
@@ -296,6 +308,9 @@ class HttpSession(MutableMapping[str, Any]):
         value = self._attributes.pop(name, _ABSENT)
         if value is _ABSENT:
             return
+        journal = change_journal.get()
+        if journal is not None:
+            journal.setdefault(id(self), {}).setdefault(name, value)
         self._mark_changed(name)
         if hasattr(value, "value_unbound"):
             deliver_to_value(

@@ -30,7 +30,7 @@ from .changes import changes_of, record_of, refresh, to_values
 from .errors import StoreUnavailableError
 from .listeners import chain, settle
 from .locks import SessionLocks
-from .session import HttpSession
+from .session import ABSENT, HttpSession
 from .stores.base import StoredSession
 
 if TYPE_CHECKING:
@@ -198,6 +198,15 @@ class SharedSessions:
         if session is None:
             return
         session._listener_tail = None
+        undone = visit.journal.pop(id(session), None) if visit.journal is not None else None
+        if undone:  # take back this request's own changes; other requests' stay pending
+            attributes, pending = session._attributes, session._changed_names or set()
+            for name, old in undone.items():
+                if old is ABSENT:
+                    attributes.pop(name, None)
+                else:
+                    attributes[name] = old
+                pending.discard(name)
         for session_id in (session._id, session._previous_id):
             if session_id is not None:
                 self.retired.discard(session_id)
