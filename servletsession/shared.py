@@ -197,7 +197,9 @@ class SharedSessions:
         session = visit.session
         if session is None:
             return
-        session._listener_tail = None
+        tail, session._listener_tail = session._listener_tail, None
+        if tail is not None:  # a claim that failed: answered by the 503, nothing to log later
+            tail.add_done_callback(_retrieved)
         undone = visit.journal.pop(id(session), None) if visit.journal is not None else None
         if undone:  # take back this request's own changes; other requests' stay pending
             attributes, pending = session._attributes, session._changed_names or set()
@@ -411,3 +413,8 @@ class SharedSessions:
         if self._locking:
             candidates.append(self.locks.lease / 3)
         return max(0.05, min(candidates))
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
