@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx2
 
 from servletsession.cookies import CookieCodec
 
 from ..conftest import SECRET, client
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def signed(session_id: str, secret: str = SECRET) -> str:
@@ -78,3 +83,75 @@ def stop_process(
         if process.poll() is None:
             process.kill()
     process.wait()
+
+
+class UvicornWorkers:
+    """Worker processes of one app (``uvicorn module:app``) on loopback ports, configured by
+    environment variables; each one's output goes to a log file when ``log_dir`` is given.
+
+    The object exists before any process starts, so that whoever holds it can always stop what
+    was started, even if start-up fails halfway."""
+
+    def __init__(
+        self, module: str, env: dict[str, str], *, count: int = 2, log_dir: Path | None = None
+    ) -> None:
+        self.module = module
+        self.env = {**os.environ, **env}
+        self.count = count
+        self.log_dir = log_dir
+        self.urls: list[str] = []
+        self.logs: list[Path] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._files: list[IO[bytes]] = []
+
+    def start(self) -> None:
+        try:
+            for number in range(self.count):
+                port = free_port()
+                output: IO[bytes] | None = None
+                if self.log_dir is not None:
+                    log = self.log_dir / f"worker{number}.log"
+                    output = log.open("wb")
+                    self._files.append(output)
+                    self.logs.append(log)
+                command = [sys.executable, "-m", "uvicorn", self.module, "--host", "127.0.0.1",
+                           "--port", str(port), "--log-level", "warning"]  # fmt: skip
+                self.processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=ROOT,
+                        env=self.env,
+                        stdout=output,
+                        stderr=subprocess.STDOUT if output is not None else None,
+                    )
+                )
+                self.urls.append(f"http://127.0.0.1:{port}")
+            for url, process in zip(self.urls, self.processes, strict=True):
+                self._wait_until_up(url, process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_up(self, url: str, process: subprocess.Popen[bytes]) -> None:
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker at {url} exited {process.returncode}:\n{self.log()}")
+            try:
+                if httpx2.get(url + "/_health", timeout=1).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"worker at {url} did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        try:
+            for process in self.processes:
+                stop_process(process, grace=5)
+        finally:
+            for output in self._files:
+                output.close()
+            self._files.clear()
+
+    def log(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.logs if path.exists())

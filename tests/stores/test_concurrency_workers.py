@@ -11,16 +11,12 @@ worker. The worker app is ``tests/apps/concurrency.py``.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,10 +25,9 @@ import pytest
 
 from ..conftest import SECRET
 from .conftest import POSTGRES_URL, REDIS_URL, _clean, require
-from .helpers import free_port, stop_process
+from .helpers import UvicornWorkers
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.concurrency:app"
 TEST_LIMIT = 40.0  # seconds: a hard bound on each test, worker start-up included
 REQUEST_TIMEOUT = 10.0  # seconds: a request taking longer "waits forever"
@@ -41,42 +36,11 @@ REQUEST_TIMEOUT = 10.0  # seconds: a request taking longer "waits forever"
 # --- two worker processes ------------------------------------------------------------------
 
 
-class Workers:
-    """Two uvicorn processes running ``module`` on one store, configured by ``env``.
-
-    The object exists before any process starts, so that whoever holds it can always stop what
-    was started, even if start-up fails or is cancelled halfway."""
+class Workers(UvicornWorkers):
+    """Two uvicorn processes running the concurrency app on one store, configured by ``env``."""
 
     def __init__(self, env: dict[str, str], module: str = APP) -> None:
-        self.env = {**os.environ, **env}
-        self.module = module
-        self.urls: list[str] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        for _ in range(2):
-            port = free_port()
-            command = [sys.executable, "-m", "uvicorn", self.module, "--host", "127.0.0.1",
-                       "--port", str(port), "--log-level", "warning"]  # fmt: skip
-            self.processes.append(subprocess.Popen(command, cwd=ROOT, env=self.env))
-            self.urls.append(f"http://127.0.0.1:{port}")
-        for process, url in zip(self.processes, self.urls, strict=True):
-            self._wait_until_up(process, url)
-
-    @staticmethod
-    def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up and process.poll() is None:
-            try:
-                if httpx2.get(url + "/_health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"worker at {url} did not start (exit code {process.poll()})")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            stop_process(process)
+        super().__init__(module, env)
 
 
 Launch = Callable[..., Awaitable[Workers]]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,58 +13,20 @@ import pytest
 
 from ..conftest import SECRET
 from .conftest import POSTGRES_URL, REDIS_URL, _clean, require
-from .helpers import free_port, stop_process
+from .helpers import UvicornWorkers
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
 
 
-class Workers:
+class Workers(UvicornWorkers):
     """Two worker processes of ``tests/apps/multiprocess.py`` on one store."""
 
     def __init__(self, store_url: str, prefix: str, events: Path) -> None:
+        env = {"SS_STORE_URL": store_url, "SS_PREFIX": prefix, "SS_EVENTS": str(events),
+               "SS_SECRET": SECRET}  # fmt: skip
+        super().__init__("tests.apps.multiprocess:app", env)
         self.events = events
-        self.urls: list[str] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
-        env = {**os.environ, "SS_STORE_URL": store_url, "SS_PREFIX": prefix,
-               "SS_EVENTS": str(events), "SS_SECRET": SECRET}  # fmt: skip
-        for _ in range(2):
-            port = free_port()
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "tests.apps.multiprocess:app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                )
-            )
-            self.urls.append(f"http://127.0.0.1:{port}")
-        for url in self.urls:
-            self._wait_until_up(url)
-
-    def _wait_until_up(self, url: str) -> None:
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up:
-            try:
-                if httpx2.get(url + "/_health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"worker at {url} did not start")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            stop_process(process)
+        self.start()
 
     def destroyed_events(self) -> list[str]:
         return self.events.read_text().splitlines() if self.events.exists() else []

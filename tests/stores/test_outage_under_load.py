@@ -17,15 +17,12 @@ import contextlib
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
@@ -42,7 +39,7 @@ from servletsession import SessionManager, get_session
 from servletsession.stores.sql import SQLStore
 
 from ..conftest import SECRET, make_app
-from .helpers import Browser, free_port, stop_process
+from .helpers import Browser, UvicornWorkers
 
 if TYPE_CHECKING:
     from .servers import PrivatePostgres, PrivateRedis, RedisFactory
@@ -51,10 +48,6 @@ if TYPE_CHECKING:
 pytest_plugins = ("tests.stores.servers",)
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
-
-UVICORN = [sys.executable, "-m", "uvicorn", "tests.apps.multiprocess:app", "--host", "127.0.0.1",
-           "--log-level", "warning"]  # fmt: skip
 
 CLIENTS = 10  # browsers, each owning one session with a counter
 WARM = 5  # increments each client has had answered 200 before the store is killed
@@ -71,59 +64,15 @@ RECOVERY_LIMIT = 5.0  # seconds after the restart by which every client must hav
 # --- two real workers --------------------------------------------------------------------------
 
 
-class Workers:
+class Workers(UvicornWorkers):
     """Two uvicorn processes of ``tests/apps/multiprocess.py`` on one store; their output goes to
     a log file each, read back for the report."""
 
     def __init__(self, store_url: str, prefix: str, directory: Path) -> None:
-        self.urls: list[str] = []
-        self.logs: list[Path] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self._files: list[IO[bytes]] = []
-        env = {**os.environ, "SS_STORE_URL": store_url, "SS_PREFIX": prefix,
+        env = {"SS_STORE_URL": store_url, "SS_PREFIX": prefix,
                "SS_EVENTS": str(directory / "events.log"), "SS_SECRET": SECRET}  # fmt: skip
-        try:
-            for number in range(2):
-                port = free_port()
-                log = directory / f"worker{number}.log"
-                output = log.open("wb")
-                self._files.append(output)
-                argv = [*UVICORN, "--port", str(port)]
-                self.processes.append(
-                    subprocess.Popen(
-                        argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
-                    )
-                )
-                self.urls.append(f"http://127.0.0.1:{port}")
-                self.logs.append(log)
-            for url, process in zip(self.urls, self.processes, strict=True):
-                self._wait_until_up(url, process)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_until_up(self, url: str, process: subprocess.Popen[bytes]) -> None:
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker at {url} exited {process.returncode}:\n{self.log()}")
-            try:
-                if httpx2.get(url + "/_health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"worker at {url} did not start:\n{self.log()}")
-
-    def stop(self) -> None:
-        try:
-            for process in self.processes:
-                stop_process(process, grace=5)
-        finally:
-            for output in self._files:
-                output.close()
-
-    def log(self) -> str:
-        return "\n".join(path.read_text(errors="replace") for path in self.logs if path.exists())
+        super().__init__("tests.apps.multiprocess:app", env, log_dir=directory)
+        self.start()
 
 
 @contextlib.asynccontextmanager
