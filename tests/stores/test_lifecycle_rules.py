@@ -25,7 +25,6 @@ from servletsession import (
     HttpSessionEvent,
     SessionManager,
     SessionMiddleware,
-    change_session_id,
     get_session,
 )
 from servletsession.fastapi import SessionDep
@@ -35,6 +34,7 @@ from servletsession.stores.redis import RedisStore
 from servletsession.stores.sql import SQLStore
 
 from ..conftest import BASIC_ROUTES, SECRET, FakeClock, make_app
+from ..conftest import login as readme_login
 from .conftest import REDIS_URL, SHARED_KINDS, StoreFactory, stores
 from .helpers import Browser
 
@@ -67,14 +67,7 @@ async def login(request: Request) -> Response:
     return Response("welcome")
 
 
-async def login_rotating(request: Request) -> Response:
-    """The README's login: remember the user, bind the principal, rotate the ID."""
-    session = get_session(request)
-    assert session is not None
-    session["user"] = request.query_params["user"]
-    session.principal = request.query_params["user"]
-    change_session_id(request)
-    return Response("welcome")
+login_rotating = readme_login  # the README's login: remember, bind, rotate the ID
 
 
 ROUTES: list[BaseRoute] = [

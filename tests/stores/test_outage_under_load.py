@@ -40,6 +40,7 @@ from servletsession.stores.sql import SQLStore
 
 from ..conftest import SECRET, make_app
 from .helpers import Browser, UvicornWorkers
+from .test_faults import ROUTES  # one increment route for both fault files
 
 if TYPE_CHECKING:
     from .servers import PrivatePostgres, PrivateRedis, RedisFactory
@@ -450,17 +451,6 @@ async def test_redis_killed_under_load_answers_503_then_the_same_cookies_find_th
 
 
 # --- 3. PostgreSQL refusing: too many clients, a pool timeout ------------------------------------
-
-
-async def increment(request: Request) -> Response:
-    session = get_session(request)
-    assert session is not None
-    count = session.get_attribute("count", 0) + 1
-    session.set_attribute("count", count)
-    return PlainTextResponse(str(count))
-
-
-ROUTES = [Route("/incr", increment, methods=["POST"])]
 
 
 @dataclass
