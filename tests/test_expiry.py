@@ -231,6 +231,7 @@ async def test_a_reaper_tick_touches_only_due_entries(clock: FakeClock) -> None:
         if index == 9:
             clock.advance(50)  # the first ten are older than the rest
     looked_at = 0
+
     class CountingDict(dict[str, Any]):
         def get(self, key: str, default: Any = None) -> Any:
             nonlocal looked_at
