@@ -305,13 +305,15 @@ class SharedSessions:
             session._detached = True
             self._host.dropped(session)
 
-    async def _expire_found(self, session_id: str, now: float) -> None:
+    async def _expire_found(
+        self, session_id: str, now: float, share: HttpSession | None = None
+    ) -> None:
         """A joining request (or the keeper) found the session past its deadline: claim it, and
         fire its events here if the claim is ours. Requests of this process still holding it
         (only the absolute timeout strikes a session in use) finish on a detached copy, without
         an error; the events fire on the claimed state."""
         stored = await self._store.claim(session_id, now)
-        self._drop(session_id)
+        self._drop(session_id, share)
         if stored is None:
             return
         session = await self._build(session_id, stored, strict=False)
@@ -324,11 +326,15 @@ class SharedSessions:
         """The store no longer has the session: another process ended it or changed its ID.
         The copy here is detached: requests already holding it finish without an error, and
         nothing of it is ever written back; no new request joins it."""
-        share = self.in_process.get(session_id)
-        if share is not None and (session is None or share is session):
-            del self.in_process[session_id]
-        target = session if session is not None else share
-        if target is not None and not target._detached:
+        target = session if session is not None else self.in_process.get(session_id)
+        if target is None:
+            return
+        for key in (session_id, target._id):
+            if self.in_process.get(key) is target:
+                del self.in_process[key]
+        if target._previous_id is not None:  # its ID change will never be written
+            self.retired.discard(target._previous_id)
+        if not target._detached:
             target._detached = True
             logger.info("%r was ended by another process; changes made here are dropped", target)
             self._host.dropped(target)
@@ -378,7 +384,7 @@ class SharedSessions:
             if not (session._valid and session._stored and session._in_flight):
                 continue
             if session._absolute_deadline() <= now:
-                await self._expire_found(session._id, now)
+                await self._expire_found(session._previous_id or session._id, now, session)
             elif session._max_inactive_interval > 0 and (
                 session._stored_expires < now + session._max_inactive_interval
             ):
@@ -392,7 +398,8 @@ class SharedSessions:
         session._idle_since = now = self._host.clock()
         if not session._stored:
             return True
-        expires = await self._store.touch(session._id, now)
+        # Under the ID the store holds it by: an ID change is written as the response starts.
+        expires = await self._store.touch(session._previous_id or session._id, now)
         if expires is None:
             self._drop(session._id, session)
             return False
