@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .listeners import HttpSessionEvent, deliver_to_value
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from .stores.serializing import SerializingStore
 
 logger = logging.getLogger("servletsession")
+
+#: An attribute that was not there.
+ABSENT: Any = object()
+
+#: Set per request by the middleware on a shared store: for each session (by ``id``), the value
+#: each attribute had before this request first changed it (``ABSENT``: it had none), so that a
+#: request answered 503 can be taken back without touching what concurrent requests changed.
+change_journal: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar(
+    "servletsession_change_journal", default=None
+)
 
 
 def record_of(session: HttpSession, store: SerializingStore, now: float) -> StoredSession:

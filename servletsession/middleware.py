@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .changes import change_journal
 from .config import CookieSettings, validated
 from .context import SCOPE_KEY, RequestSession
 from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
-from .session import change_journal
 from .stores.base import SessionStore
 from .stores.faults import describe
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterator, MutableMapping
-from contextvars import ContextVar
 from typing import Any, Protocol
 
+from .changes import ABSENT as _ABSENT
+from .changes import change_journal
 from .cookies import session_ref
 from .errors import IllegalStateError
 from .listeners import (
@@ -25,25 +26,11 @@ from .listeners import (
     delivering_for,
 )
 
-_ABSENT: Any = object()
-
-#: Set per request by the middleware on a shared store: for each session (by ``id``), the value
-#: each attribute had before this request first changed it (``ABSENT``: it had none), so that a
-#: request answered 503 can be taken back without touching what concurrent requests changed.
-change_journal: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar(
-    "servletsession_change_journal", default=None
-)
-ABSENT = _ABSENT
-
 
 def _is_storable_principal(principal: object) -> bool:
     if not isinstance(principal, str) or not 0 < len(principal) <= 255 or "\x00" in principal:
         return False
-    try:
-        principal.encode()
-    except UnicodeEncodeError:  # a lone surrogate: no store can write it
-        return False
-    return True
+    return principal.encode("utf-8", "replace").decode() == principal  # no lone surrogate
 
 
 class SessionOwner(Protocol):
@@ -146,7 +133,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._timeouts_changed = False
         self._stored = not is_new
         self._stored_expires = math.inf  # the store's deadline as last seen (shared stores)
-        self._detached = False  # ended by another process: this copy is never written back
+        self._detached = False  # ended elsewhere: this copy is never written back
         # Shared stores, in tickets (one order per process): when the state this copy holds was
         # read or last written, when its last write started, and how many writes are under way.
         self._snapshot = self._save_started = self._saving = 0
@@ -372,8 +359,7 @@ class HttpSession(MutableMapping[str, Any]):
         after_pending(self, self._unbind_all)
 
     def _drop(self) -> None:
-        """This process's claim found the session already ended by another: invalid here too,
-        without events (they fired there)."""
+        """Another process ended it first: invalid here too, no events (they fired there)."""
         self._valid = False
         self._expiring = False
 

@@ -26,11 +26,11 @@ import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
-from .changes import changes_of, record_of, refresh, to_values
+from .changes import ABSENT, changes_of, record_of, refresh, to_values
 from .errors import StoreUnavailableError
 from .listeners import chain, settle
 from .locks import SessionLocks
-from .session import ABSENT, HttpSession
+from .session import HttpSession
 from .stores.base import StoredSession
 
 if TYPE_CHECKING:
