@@ -24,6 +24,8 @@ logger = logging.getLogger("servletsession")
 
 #: An attribute that was not there.
 ABSENT: Any = object()
+#: The journal's entry for the principal (no attribute name a shared store accepts has a NUL).
+PRINCIPAL = "\x00principal"
 
 #: Set per request by the middleware on a shared store: for each session (by ``id``), the value
 #: each attribute had before this request first changed it (``ABSENT``: it had none), so that a

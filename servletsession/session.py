@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 from .changes import ABSENT as _ABSENT
-from .changes import change_journal
+from .changes import PRINCIPAL, change_journal
 from .cookies import session_ref
 from .errors import IllegalStateError
 from .listeners import (
@@ -217,6 +217,9 @@ class HttpSession(MutableMapping[str, Any]):
         if principal == old:
             return
         self._owner.principal_changing(self, principal)
+        journal = change_journal.get()
+        if journal is not None:
+            journal.setdefault(id(self), {}).setdefault(PRINCIPAL, old)
         self._principal = principal
         self._principal_changed = True
 

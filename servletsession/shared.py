@@ -26,7 +26,7 @@ import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
-from .changes import ABSENT, changes_of, record_of, refresh, to_values
+from .changes import ABSENT, PRINCIPAL, changes_of, record_of, refresh, to_values
 from .errors import StoreUnavailableError
 from .listeners import chain, settle
 from .locks import SessionLocks
@@ -201,6 +201,13 @@ class SharedSessions:
         if tail is not None:  # a claim that failed: answered by the 503, nothing to log later
             tail.add_done_callback(_retrieved)
         undone = visit.journal.pop(id(session), None) if visit.journal is not None else None
+        if undone and PRINCIPAL in undone:
+            session._principal = undone.pop(PRINCIPAL)
+            session._principal_changed = False
+        if visit.renamed_from is not None and session._previous_id == visit.renamed_from:
+            if self.in_process.get(session._id) is session:
+                del self.in_process[session._id]
+            session._id, session._previous_id = visit.renamed_from, None  # never written
         if undone:  # take back this request's own changes; other requests' stay pending
             attributes, pending = session._attributes, session._changed_names or set()
             for name, old in undone.items():
