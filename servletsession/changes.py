@@ -26,6 +26,8 @@ logger = logging.getLogger("servletsession")
 ABSENT: Any = object()
 #: The journal's entry for the principal (no attribute name a shared store accepts has a NUL).
 PRINCIPAL = "\x00principal"
+#: ...and for the session's ID before the request changed it.
+SESSION_ID = "\x00id"
 
 #: Set per request by the middleware on a shared store: for each session (by ``id``), the value
 #: each attribute had before this request first changed it (``ABSENT``: it had none), so that a

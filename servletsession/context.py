@@ -104,12 +104,7 @@ class RequestSession(MutableMapping[str, Any]):
                 "change_session_id() after the response has started: the new cookie can no "
                 "longer be sent; change the ID before the response starts"
             )
-        old_id = session._id
-        new_id = self._manager.change_session_id_now(session)
-        for visit in self.visits:
-            if visit.session is session and visit.renamed_from is None:
-                visit.renamed_from = old_id  # to take back if the request is answered 503
-        return new_id
+        return self._manager.change_session_id_now(session)
 
     def is_requested_id_valid(self) -> bool:
         session = self._session

@@ -57,7 +57,6 @@ class Visit:
         "lock_token",
         "queued_id",
         "refused",
-        "renamed_from",
         "session",
         "snapshot",
     )
@@ -71,7 +70,6 @@ class Visit:
         self.lock_token: str | None = None  # locking="session": this request's own lock
         self.queued_id: str | None = None  # ...and its place in this process's queue
         self.refused = False  # answered 503: nothing of this request is written
-        self.renamed_from: str | None = None  # the ID before this request changed it
         #: The session as the request found it, for undoing a refused request.
         self.snapshot: Snapshot | None = None
 

@@ -34,7 +34,11 @@ class Principals:
         found = []
         for session_id in await self._store.sessions_of(principal, self._clock()):
             session = await self._sessions.peek(session_id)
-            if session is not None and session._principal == principal:
+            # The store's index decides, unless this process has rebound the session and not
+            # written it yet (a share may hold an older principal than the store).
+            if session is not None and (
+                session._principal == principal or not session._principal_changed
+            ):
                 found.append(session)
         return found
 

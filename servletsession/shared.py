@@ -26,7 +26,16 @@ import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
-from .changes import ABSENT, PRINCIPAL, changes_of, record_of, refresh, to_values
+from .changes import (
+    ABSENT,
+    PRINCIPAL,
+    SESSION_ID,
+    change_journal,
+    changes_of,
+    record_of,
+    refresh,
+    to_values,
+)
 from .errors import StoreUnavailableError
 from .listeners import chain, settle
 from .locks import SessionLocks
@@ -204,10 +213,11 @@ class SharedSessions:
         if undone and PRINCIPAL in undone:
             session._principal = undone.pop(PRINCIPAL)
             session._principal_changed = False
-        if visit.renamed_from is not None and session._previous_id == visit.renamed_from:
+        renamed_from = undone.pop(SESSION_ID, None) if undone else None
+        if renamed_from is not None and session._previous_id == renamed_from:
             if self.in_process.get(session._id) is session:
                 del self.in_process[session._id]
-            session._id, session._previous_id = visit.renamed_from, None  # never written
+            session._id, session._previous_id = renamed_from, None  # never written
         if undone:  # take back this request's own changes; other requests' stay pending
             attributes, pending = session._attributes, session._changed_names or set()
             for name, old in undone.items():
@@ -215,7 +225,8 @@ class SharedSessions:
                     attributes.pop(name, None)
                 else:
                     attributes[name] = old
-                pending.discard(name)
+                if session._in_flight <= 1:  # no other request's change of it to write
+                    pending.discard(name)
         for session_id in (session._id, session._previous_id):
             if session_id is not None:
                 self.retired.discard(session_id)
@@ -349,11 +360,16 @@ class SharedSessions:
     # --- ID changes --------------------------------------------------------------------------
 
     def rename_now(self, session: HttpSession, old_id: str) -> None:
+        journal = change_journal.get()
+        if journal is not None:  # to take back if the request is answered 503
+            journal.setdefault(id(session), {}).setdefault(SESSION_ID, old_id)
         if self.in_process.get(old_id) is session:
             del self.in_process[old_id]
+        if session._detached:
+            return  # ended elsewhere: the change is never written, nothing to refuse here
         self.in_process[session._id] = session
-        if session._stored:
-            self.retired.add(old_id)
+        if session._stored and session._previous_id == old_id:
+            self.retired.add(old_id)  # the ID the store holds (not an intermediate one)
 
     # --- looking without joining, reaping, keeping alive ---------------------------------------
 

@@ -1,30 +1,36 @@
 """Model-based concurrency test: several processes (one ``SessionManager`` each) over one store.
 
-Hypothesis drives interleaved requests at the manager level, the way the middleware does per
-request: ``join`` (or ``create_session``), route code on the session, ``flush`` as the response
-starts, ``release`` as it ends. A pool of *open* visits spans sessions and processes, so one
-session's requests overlap in one process and across processes. Between requests the clock jumps
-(idle expiry, found on join or by reaper ticks on several processes), keeper ticks run, and a
-process's store goes down and comes back: a real store whose contract methods fail at their await
-point while ``down`` is set (the data stays in the real server, and the other processes keep
-reaching it).
+Hypothesis drives interleaved requests at the manager level, as the middleware does per request:
+``join`` (or ``create_session``) inside the request's change journal, route code on the session,
+``flush`` as the response starts, ``release`` as it ends. Requests stay open in a pool that spans
+sessions and processes, so one session's requests overlap in one process and across processes.
+Between steps the clock moves (idle expiry, found on join or claimed by reaper ticks on either
+process), every process's keeper ticks every 15 s (or stalls), and a process's store goes down
+and comes back: a real store whose contract methods fail at their await point while ``down`` is
+set (the data stays in the real server; the other process keeps reaching it). MemoryStore runs
+the same machine with one process.
 
-A small reference model says what the store must hold for each browser's session (whether it
-exists, under which ID, its attributes, principal and deadline) and what every join must answer;
-each step checks it against the product and against the store itself ("the store is the truth"):
+A small reference model says what the store must hold for each session (whether it exists, under
+which ID, its attributes, principal and deadline), what every join must answer, and what each open
+request's object must show; after every step it is checked against the product and against the
+store itself, read by a store of the test's own ("the store is the truth"):
 
 1. a join with the cookie of a live session finds it; with the store down it raises
    ``StoreUnavailableError`` (a 503), never ``None`` and never a fresh session;
-2. after the store comes back the same cookie finds the data of the last successful save;
+2. after the store comes back the same cookie finds the data of the last successful save, and a
+   request answered 503 takes back its own changes (attributes, principal, ID), only its own;
 3. an ID that was changed or ended is dead on the same process at once and everywhere once the
    response started; a request whose session ended elsewhere never brings it back;
-4. ``invalidate_all(principal, keep=session)`` never ends the kept session, even renamed;
+4. ``invalidate_all(principal, keep=session)`` ends every other session the store binds to the
+   principal, never the kept one, even renamed in the same request;
 5. ``session_created`` and ``session_destroyed`` fire exactly once per session, over all processes;
 6. saves write what the request changed, attribute by attribute, last save wins;
-7. nothing piles up: no shares left in process once every request ended, no stale index entry.
+7. nothing piles up: no share and no refused ID left in a process once its requests ended, no
+   principal-index entry of a gone session.
 
 To keep the model exact the stores run with ``save_period=0``: a deadline is then always the last
-activity plus ``max_inactive_interval``.
+activity plus ``max_inactive_interval``. Sequences the machine found failing are replayed as plain
+tests at the end of the file (``REGRESSIONS``).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from servletsession import MemoryStore, SessionManager, StoreUnavailableError
+from servletsession.changes import change_journal
 from servletsession.listeners import HttpSessionEvent
 from servletsession.persistence import Visit
 from servletsession.session import HttpSession
@@ -152,16 +159,36 @@ class Share:
     session: HttpSession
     key: int
     m: int
+    id: str  # its ID (as the object must say)
     stored: bool
+    view: dict[str, Any] = field(default_factory=dict)  # its attributes (as it must show)
+    principal: str | None = None  # its principal (as it must show)
     in_map: bool = True  # in the process's ``in_process`` map
     valid: bool = True
     detached: bool = False
     in_flight: int = 1
-    prev: str | None = None  # an ID change not yet written
-    pending: dict[str, Any] = field(default_factory=dict)  # set since the last save
-    principal_changed: bool = False
+    prev: str | None = None  # an ID change not yet written: the ID the store holds
+    # Changes not yet saved, and which request made them (a request answered 503 takes its
+    # own back, and only its own): by attribute, in order; an attribute's value before the
+    # first of them; the requests that bound the principal or changed the ID.
+    changes: dict[str, list[tuple[Open, Any]]] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    principal_by: list[Open] = field(default_factory=list)
+    principal_before: str | None = None
+    renamed_by: list[Open] = field(default_factory=list)
     claim_failed: bool = False  # an end whose claim could not reach the store
     known_deadline: float = math.inf  # the stored deadline as this object last saw it
+
+    @property
+    def pending(self) -> dict[str, Any]:
+        return {name: entries[-1][1] for name, entries in self.changes.items()}
+
+    @property
+    def principal_changed(self) -> bool:
+        return bool(self.principal_by)
+
+    def saved(self) -> None:
+        self.changes, self.baseline, self.principal_by, self.renamed_by = {}, {}, [], []
 
 
 @dataclass(eq=False)
@@ -174,6 +201,8 @@ class Open:
     requested: str | None  # the cookie it came with (None: it created the session)
     flushed: bool = False
     refused: bool = False
+    #: The request's change journal, as the middleware keeps it (``session.change_journal``).
+    journal: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class Recorder:
@@ -203,15 +232,15 @@ class ModelMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.tasks: list[asyncio.Task[Any]] = []  # every task the product started
+        self.tasks: list[asyncio.Task[Any]] = []  # every task started on the loop
         self.loop.set_task_factory(self._task)
         self.clock = FakeClock()
         self.tag = uuid.uuid4().hex[:10]
         self.tmp = tempfile.mkdtemp(prefix="ssmodel-") if self.kind == "sqlite" else None
         self.shared = self.kind != "memory"
         count = PROCESSES[self.kind]
-        self.stores = [self._store(Outage) for _ in range(count)]
-        self.observer: Any = self._store(None) if self.shared else self.stores[0]
+        self.stores = [self._store(flaky=True) for _ in range(count)]
+        self.observer: Any = self._store(flaky=False) if self.shared else self.stores[0]
         self.managers = [
             SessionManager(
                 store,
@@ -231,7 +260,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.destroyed: dict[Any, int] = {}
         self.values = 0
 
-    def _store(self, flaky: type | None) -> Any:
+    def _store(self, *, flaky: bool) -> Any:
         if self.kind == "memory":
             return MemoryStore()
         sql = FlakySQLStore if flaky else SQLStore
@@ -280,6 +309,19 @@ class ModelMachine(RuleBasedStateMachine):
             while pending := [t for t in asyncio.all_tasks(self.loop) if not t.done()]:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
+    def _in_request(self, o: Open, code: Callable[[], T]) -> T:
+        """Run route code of request ``o`` on the loop, inside its change journal (as the
+        middleware runs the app)."""
+
+        async def go() -> T:
+            token = change_journal.set(o.journal)
+            try:
+                return code()
+            finally:
+                change_journal.reset(token)
+
+        return self._run(go())
+
     @property
     def now(self) -> float:
         return self.clock.now
@@ -289,7 +331,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     def _share_on(self, m: int, session_id: str) -> Share | None:
         for share in self.shares.values():
-            if share.m == m and share.in_map and share.session._id == session_id:
+            if share.m == m and share.in_map and share.id == session_id:
                 return share
         return None
 
@@ -324,7 +366,7 @@ class ModelMachine(RuleBasedStateMachine):
         the store is down (what happened before that call stays done)."""
         if share.detached:
             return False
-        m, session, br = share.m, share.session, self.browsers[share.key]
+        m, br = share.m, self.browsers[share.key]
         if share.prev is not None:
             previous = share.prev
             try:
@@ -333,31 +375,31 @@ class ModelMachine(RuleBasedStateMachine):
                     if not self._alive(br, previous):
                         self._detach(share)
                         return False
-                    br.store_id = session._id
-                share.prev = None
+                    br.store_id = share.id
+                share.prev, share.renamed_by = None, []
             finally:
                 self.retired[m].discard(previous)
         if not share.stored:
             self._call(m)
-            br.state, br.store_id = LIVE, session._id
-            br.saved = self._apply({}, share.pending)
-            br.principal = PRINCIPAL if share.principal_changed else None
+            br.state, br.store_id = LIVE, share.id
+            br.saved = dict(share.view)
+            br.principal = share.principal
             br.deadline = br.index = share.known_deadline = self.now + INTERVAL
             share.stored = True
-            share.pending, share.principal_changed = {}, False
+            share.saved()
             return True
-        if not share.pending and not share.principal_changed:
+        if not share.changes and not share.principal_changed:
             return False
         self._call(m)
-        wrote = self._alive(br, session._id)
+        wrote = self._alive(br, share.id)
         if wrote:  # an expired session not yet claimed is written, and lives on
             br.saved = self._apply(br.saved, share.pending)
             if share.principal_changed:
-                br.principal = PRINCIPAL
+                br.principal = share.principal
             br.deadline = share.known_deadline = max(br.deadline, self.now + INTERVAL)
         else:
             self._detach(share)
-        share.pending, share.principal_changed = {}, False
+        share.saved()
         return wrote
 
     def _touch(self, share: Share, session_id: str) -> None:
@@ -373,19 +415,42 @@ class ModelMachine(RuleBasedStateMachine):
     def _detach(self, share: Share) -> None:
         share.detached = True
         share.in_map = False
+        if share.prev is not None:  # its ID change will never be written
+            self.retired[share.m].discard(share.prev)
 
     def _refuse(self, o: Open) -> None:
         """``SharedSessions.refuse``: a 503; nothing of the request is written."""
         o.refused = True
         share = o.share
         share.claim_failed = False
-        for session_id in (share.session._id, share.prev):
+        for session_id in (share.id, share.prev):
             if session_id is not None:
                 self.retired[o.m].discard(session_id)
         share.in_map = False
         if not share.stored and share.valid:  # a new session, never stored: discarded
             share.valid = False
             self._gone(self.browsers[share.key])
+            return
+        # Its own changes are taken back; those of the requests sharing the object stay.
+        for name, entries in list(share.changes.items()):
+            entries[:] = [(by, value) for by, value in entries if by is not o]
+            if not entries:
+                del share.changes[name]
+                value = share.baseline.pop(name)
+            else:
+                value = entries[-1][1]
+            if value is REMOVED:
+                share.view.pop(name, None)
+            else:
+                share.view[name] = value
+        if o in share.principal_by:
+            share.principal_by.remove(o)
+            if not share.principal_by:
+                share.principal = share.principal_before
+        if o in share.renamed_by:
+            share.renamed_by = [by for by in share.renamed_by if by is not o]
+            if not share.renamed_by and share.prev is not None:
+                share.id, share.prev = share.prev, None
 
     def _end(self, share: Share) -> None:
         """A share ended in its process (invalidate, or a manager's end): claimed in the store
@@ -399,7 +464,7 @@ class ModelMachine(RuleBasedStateMachine):
         if not share.stored:
             self._gone(br)  # never stored: ends here, now
             return
-        ids = {share.session._id, share.prev} - {None}
+        ids = {share.id, share.prev} - {None}
         if self.down[m]:
             share.claim_failed = True  # raised by the next settle (flush or release)
         else:
@@ -413,11 +478,11 @@ class ModelMachine(RuleBasedStateMachine):
 
     def _cookie_after_flush(self, o: Open) -> None:
         """The response started: the browser keeps what ``Set-Cookie`` said."""
-        br, session = self.browsers[o.share.key], o.share.session
-        if o.share.valid and not o.share.detached:
-            if session._id != o.requested:
-                br.cookie = session._id
-                br.known.append(session._id)
+        br, share = self.browsers[o.share.key], o.share
+        if share.valid and not share.detached:
+            if share.id != o.requested:
+                br.cookie = share.id
+                br.known.append(share.id)
         elif o.requested is not None:
             br.cookie = None
 
@@ -478,13 +543,13 @@ class ModelMachine(RuleBasedStateMachine):
                 return self._create(m)
             if not known:
                 return None
-        assert isinstance(browser, int) or known
-        # Mostly a browser whose session lives, with its cookie; else any ID ever issued.
+        index = browser if isinstance(browser, int) else 0
+        # Mostly a browser whose session lives, with its cookie; else any ID it ever held.
         candidates = [br for br in known if br.cookie is not None and br.state != GONE]
         if old or not candidates:
-            br = known[(browser if isinstance(browser, int) else 0) % len(known)]
+            br = known[index % len(known)]
             return self._join(m, br.known[which % len(br.known)])
-        br = candidates[(browser if isinstance(browser, int) else 0) % len(candidates)]
+        br = candidates[index % len(candidates)]
         assert br.cookie is not None
         return self._join(m, br.cookie)
 
@@ -492,38 +557,49 @@ class ModelMachine(RuleBasedStateMachine):
         key = len(self.browsers)
         before = len(self.created_log)
 
-        async def go() -> tuple[Visit, HttpSession]:
-            visit = Visit()
-            session = self.managers[m].create_session(visit)
-            session.set_attribute("key", key)
-            return visit, session
+        visit = Visit()
+        o = Open(m, visit, None, requested=None)  # type: ignore[arg-type]
+        visit.journal = o.journal
 
-        visit, session = self._run(go())
+        def create() -> HttpSession:
+            session = self.managers[m].create_session(visit)
+            # The test's own mark, outside the request's journal: the listener reads it.
+            token = change_journal.set(None)
+            try:
+                session.set_attribute("key", key)
+            finally:
+                change_journal.reset(token)
+            return session
+
+        session = self._in_request(o, create)
         assert self.created_log[before:] == [(m, session)]
         br = Browser(key=key, idle_since=self.now)
         self.browsers.append(br)
         self.owner[session._id] = br
-        share = Share(session, key, m, stored=not self.shared)
-        if self.shared:
-            share.pending["key"] = key
-        else:
-            br.state, br.store_id, br.saved = LIVE, session._id, {"key": key}
+        o.share = share = Share(session, key, m, session._id, stored=not self.shared)
         self.shares[session] = share
-        o = Open(m, visit, share, requested=None)
         self.open.append(o)
+        share.view = {"key": key}
+        if self.shared:
+            share.changes["key"], share.baseline["key"] = [(o, key)], REMOVED
+        else:
+            br.state, br.store_id, br.saved = LIVE, session._id, share.view
         return o
 
     def _join(self, m: int, target: str) -> Open | None:
         owner = self.owner[target]
 
-        async def go() -> tuple[Visit, HttpSession | str | None]:
-            visit = Visit()
-            try:
-                return visit, await self.managers[m].join(target, visit)
-            except StoreUnavailableError:
-                return visit, "unavailable"
+        visit = Visit()
+        journal: dict[int, dict[str, Any]] = {}
+        visit.journal = journal
 
-        visit, found = self._run(go())
+        async def go() -> HttpSession | str | None:
+            try:
+                return await self.managers[m].join(target, visit)
+            except StoreUnavailableError:
+                return "unavailable"
+
+        found = self._run(go())
         if self.down[m]:
             assert found == "unavailable", (
                 f"invariant 2: a join with the store down answered {found!r}, not 503"
@@ -545,18 +621,20 @@ class ModelMachine(RuleBasedStateMachine):
         )
         share = expected if isinstance(expected, Share) else None
         if share is None:  # a new share, read from the store
-            share = Share(found, owner.key, m, stored=True, in_flight=0,
+            share = Share(found, owner.key, m, target, stored=True, in_flight=0,
                           known_deadline=owner.deadline)  # fmt: skip
             self.shares[found] = share
         assert found is share.session, "a process must share one object among its requests"
         share.in_flight += 1
-        view = self._apply(owner.saved, share.pending) if self.shared else owner.saved
-        assert self._attributes(found) == view, (
+        if self.shared:  # what the store has, and what requests here changed and not saved
+            share.view = self._apply(owner.saved, share.pending)
+            if not share.principal_changed:
+                share.principal = owner.principal
+        assert self._attributes(found) == share.view, (
             f"invariants 2/6: session {owner.key} joined with other attributes than were saved"
         )
-        principal = PRINCIPAL if share.principal_changed else owner.principal
-        assert found.principal == principal
-        o = Open(m, visit, share, requested=target)
+        assert found.principal == share.principal
+        o = Open(m, visit, share, requested=target, journal=journal)
         self.open.append(o)
         return o
 
@@ -619,63 +697,56 @@ class ModelMachine(RuleBasedStateMachine):
             self._invalidate_all(o)
 
     def _set_attribute(self, o: Open, name: str, value: Any) -> None:
-        session, share = o.share.session, o.share
-        present = name in session.get_attribute_names()
-
-        async def go() -> None:
-            session.set_attribute(name, value)
-
-        self._run(go())
+        share = o.share
+        present = name in share.view
+        self._in_request(o, lambda: share.session.set_attribute(name, value))
         if value is None and not present:
             return  # removing what is not there changes nothing
         if self.shared:
-            share.pending[name] = REMOVED if value is None else value
+            if name not in share.changes:
+                share.baseline[name] = share.view.get(name, REMOVED)
+            share.changes.setdefault(name, []).append((o, REMOVED if value is None else value))
+        if value is None:
+            share.view.pop(name, None)
         else:
-            saved = self.browsers[share.key].saved
-            if value is None:
-                saved.pop(name, None)
-            else:
-                saved[name] = value
+            share.view[name] = value
+        if not self.shared:
+            self.browsers[share.key].saved = share.view  # the store holds the object itself
 
     def _bind_principal(self, o: Open) -> None:
-        session = o.share.session
-        changes = session.principal != PRINCIPAL
+        share = o.share
 
-        async def go() -> None:
-            session.principal = PRINCIPAL
+        def bind() -> None:
+            share.session.principal = PRINCIPAL
 
-        self._run(go())
-        if not changes:
-            return
-        if self.shared:
-            o.share.principal_changed = True
-        else:
-            self.browsers[o.share.key].principal = PRINCIPAL
+        self._in_request(o, bind)
+        if share.principal == PRINCIPAL:
+            return  # no change
+        if not share.principal_by:
+            share.principal_before = share.principal
+        share.principal_by.append(o)
+        share.principal = PRINCIPAL
+        if not self.shared:
+            self.browsers[share.key].principal = PRINCIPAL
 
     def _invalidate(self, o: Open) -> None:
         share = o.share
         if self.shared and share.stored:
-            self.retired[o.m].add(share.session._id)
+            self.retired[o.m].add(share.id)
         self._end(share)
-
-        async def go() -> None:
-            share.session.invalidate()
-
-        self._run(go())
+        self._in_request(o, share.session.invalidate)
 
     def _change_session_id(self, o: Open) -> None:
         share, br = o.share, self.browsers[o.share.key]
-        old = share.session._id
-
-        async def go() -> str:
-            return self.managers[o.m].change_session_id_now(share.session)
-
-        new = self._run(go())
+        old = share.id
+        new = self._in_request(o, lambda: self.managers[o.m].change_session_id_now(share.session))
         assert share.session._id == new != old
         self.owner[new] = br
+        share.id = new
         if not self.shared:
             br.store_id = new
             return
+        share.renamed_by.append(o)
         if share.prev is None:
             share.prev = old
         share.in_map = True
@@ -687,17 +758,20 @@ class ModelMachine(RuleBasedStateMachine):
         m, keep = o.m, o.share
 
         async def go() -> int | str:
+            token = change_journal.set(o.journal)
             try:
                 return await self.managers[m].invalidate_all(PRINCIPAL, keep=keep.session)
             except StoreUnavailableError:
                 return "unavailable"
+            finally:
+                change_journal.reset(token)
 
         ended = self._run(go())
         if self.down[m]:
             assert ended == "unavailable"
             return
         expected = 0
-        kept_ids = {keep.session._id, keep.prev} - {None}
+        kept_ids = {keep.id, keep.prev} - {None}
         for br in self.browsers:
             if br.state != LIVE or br.principal != PRINCIPAL or br.store_id in kept_ids:
                 continue
@@ -788,7 +862,7 @@ class ModelMachine(RuleBasedStateMachine):
                 and (share.known_deadline < self.now + INTERVAL)
             ):
                 self._call(o.m)
-                self._touch(share, share.session._id)
+                self._touch(share, share.id)
         except _Down:
             return "unavailable"
         return "ok"
@@ -840,9 +914,7 @@ class ModelMachine(RuleBasedStateMachine):
             return
         expected = 0
         if self.shared:
-            in_use = {
-                s.session._id for s in self.shares.values() if s.m == m and s.in_map and s.in_flight
-            }
+            in_use = {s.id for s in self.shares.values() if s.m == m and s.in_map and s.in_flight}
             for br in self.browsers:
                 if br.state != LIVE:
                     continue
@@ -900,7 +972,7 @@ class ModelMachine(RuleBasedStateMachine):
         for share in due:
             # The session is in use: it is kept alive under the ID the store holds it by
             # (an ID change of the request is written as its response starts).
-            self._touch(share, share.prev or share.session._id)
+            self._touch(share, share.prev or share.id)
 
     # --- invariants -------------------------------------------------------------------------
 
@@ -918,10 +990,22 @@ class ModelMachine(RuleBasedStateMachine):
 
     @invariant()
     def objects_agree_with_the_model(self) -> None:
+        """What each open request sees of its session: valid or not, its ID, attributes and
+        principal (a request answered 503 has taken its own changes back, and only those)."""
         for o in self.open:
-            assert o.share.session._valid == o.share.valid, (
-                f"session {o.share.key}: valid {o.share.session._valid} in process {o.m}, "
-                f"the model says {o.share.valid}"
+            share, session = o.share, o.share.session
+            assert session._valid == share.valid, (
+                f"session {share.key}: valid {session._valid} in process {o.m}, "
+                f"the model says {share.valid}"
+            )
+            if not share.valid:
+                continue
+            assert session._id == share.id, f"session {share.key}'s ID in process {o.m}"
+            assert self._attributes(session) == share.view, (
+                f"session {share.key}'s attributes in process {o.m}"
+            )
+            assert session.principal == share.principal, (
+                f"session {share.key}'s principal in process {o.m}"
             )
 
     @invariant()
@@ -1000,3 +1084,110 @@ def test_concurrent_requests_follow_the_model(kind: str) -> None:
     asyncio.run(require(kind))
     machine = type(f"ModelMachine_{kind}", (ModelMachine,), {"kind": kind})
     run_state_machine_as_test(machine, settings=SETTINGS)
+
+
+# --- step sequences the state machine found, replayed on every store kind ---------------------
+
+Step = tuple[str, dict[str, Any]]
+
+
+def _request(m: int, browser: int | str, action: str, then: str, name: str = "a") -> Step:
+    args = {"m": m, "browser": browser, "old": False, "which": 0, "action": action,
+            "name": name, "then": then}  # fmt: skip
+    return ("request", args)
+
+
+def _goes_on(i: int, action: str, name: str = "a") -> Step:
+    return ("request_goes_on", {"i": i, "action": action, "name": name})
+
+
+def _outage(m: int) -> Step:  # process m's store goes down, or comes back
+    return ("time_passes", {"seconds": 0, "keepers": True, "reaper": None, "outage": m})
+
+
+ONE_SESSION: Step = ("browsers_with_sessions", {"processes": [0]})
+
+REGRESSIONS: dict[str, list[Step]] = {
+    # Process 1 holds a share of session 0 from before its login on process 0; "log out my
+    # other sessions" from process 1 must still end it (the store says it is the user's).
+    "invalidate_all_ends_a_session_logged_in_elsewhere": [
+        ONE_SESSION,
+        _request(1, 0, "set", "stays_open"),
+        _request(0, 0, "principal", "ends"),
+        _request(1, "new", "login", "ends"),
+    ],
+    # The intermediate ID of two changes in one request is never stored: nothing to refuse.
+    "two_id_changes_in_one_request_leave_no_retired_id": [
+        ONE_SESSION,
+        _request(0, 0, "change_id", "stays_open"),
+        _goes_on(0, "change_id"),
+        _goes_on(0, "respond"),
+        _goes_on(0, "end"),
+    ],
+    # A request finishes on a detached copy (its session expired under it): its ID change is
+    # never written, and leaves no retired ID behind.
+    "an_id_change_on_a_detached_copy_leaves_no_retired_id": [
+        ONE_SESSION,
+        _request(0, 0, "set", "stays_open"),
+        ("time_passes", {"seconds": 61, "keepers": False, "reaper": None, "outage": None}),
+        _request(0, 0, "set", "ends"),
+        _goes_on(0, "change_id"),
+        _goes_on(0, "respond"),
+        _goes_on(0, "end"),
+    ],
+    # Two requests of one session on one process; the second is answered 503. What the first
+    # changed is still written, even where the second changed the same attribute after it.
+    "a_refused_request_takes_back_only_its_own_attribute_changes": [
+        ONE_SESSION,
+        _request(0, 0, "set", "stays_open"),
+        _request(0, 0, "set", "stays_open"),
+        _outage(0),
+        _goes_on(1, "respond"),
+        _outage(0),
+        _goes_on(0, "respond"),
+    ],
+    # ...and a principal it bound is taken back too: the other request does not write it.
+    "a_refused_request_takes_back_its_principal": [
+        ONE_SESSION,
+        _request(0, 0, "set", "stays_open"),
+        _request(0, 0, "principal", "stays_open"),
+        _outage(0),
+        _goes_on(1, "respond"),
+        _outage(0),
+        _goes_on(0, "respond"),
+    ],
+    # ...and its ID change: the other request, whose response went out already, must not
+    # rename the session under the browser (which never got the new cookie).
+    "a_refused_request_takes_back_its_id_change": [
+        ONE_SESSION,
+        _request(0, 0, "set", "responds"),
+        _request(0, 0, "change_id", "stays_open"),
+        _outage(0),
+        _goes_on(1, "respond"),
+        _outage(0),
+        _goes_on(0, "end"),
+        _request(1, 0, "set", "ends"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_found_sequences_follow_the_model(kind: str, name: str) -> None:
+    """Sequences the state machine found failing, replayed step by step with every invariant
+    checked after each step (on MemoryStore too, where they must simply hold)."""
+    asyncio.run(require(kind))
+    machine = type(f"ModelMachine_{kind}", (ModelMachine,), {"kind": kind})()
+    invariants = [
+        machine.lifecycle_events_fire_once,
+        machine.objects_agree_with_the_model,
+        machine.the_store_holds_what_the_model_says,
+        machine.nothing_piles_up,
+    ]
+    try:
+        for rule_name, arguments in REGRESSIONS[name]:
+            getattr(machine, rule_name)(**arguments)
+            for check in invariants:
+                check()
+    finally:
+        machine.teardown()
