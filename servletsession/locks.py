@@ -2,8 +2,8 @@
 at a time across processes.
 
 Each request takes the lock under a token of its own, so that a finishing request can never
-release the next one's lock; the lease is short (half of ``lock_timeout``) and renewed by the
-keeper while its holder runs, so that streams of any length keep it, and a lock left behind by a
+release the next one's lock; the lease is short (half of ``lock_timeout``, at least 1 s) and
+renewed by the keeper while its holder runs, so that streams of any length keep it, and a lock left behind by a
 dead process or a release lost in an outage blocks its session for at most one lease. Requests of
 one process queue in the process first, so that they do not poll the store against each other.
 """
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .stores.base import SharedStore
 
 logger = logging.getLogger("servletsession")
+_MIN_LEASE = 1.0  # seconds: renewed every third of it, even on a busy event loop
 
 
 class SessionLocks:
@@ -35,7 +36,7 @@ class SessionLocks:
         self._store = store
         self._clock = clock
         self._timeout = timeout
-        self.lease = timeout / 2
+        self.lease = max(timeout / 2, _MIN_LEASE)
         self._holders: dict[str, Visit] = {}  # lock token -> the visit holding it
         self._queues: dict[str, asyncio.Lock] = {}  # this process's requests, per session
         self._queued: dict[str, int] = {}

@@ -43,10 +43,10 @@ ROUTES = [Route("/incr", slow_increment, methods=["POST"])]
 async def test_a_request_longer_than_its_lease_keeps_its_lock(
     store_factory: StoreFactory, clock: FakeClock
 ) -> None:
-    """The lease (lock_timeout / 2 = 0.15 s) is renewed while the holder runs: a 0.6 s request and
+    """The lease (lock_timeout / 2 = 1.5 s) is renewed while the holder runs: a 2 s request and
     a second one queued behind it on another process lose no increment."""
     managers = [
-        SessionManager(store_factory(), clock=clock, locking="session", lock_timeout=0.3 * 4)
+        SessionManager(store_factory(), clock=clock, locking="session", lock_timeout=3.0)
         for _ in range(2)
     ]
     for manager in managers:
@@ -57,7 +57,7 @@ async def test_a_request_longer_than_its_lease_keeps_its_lock(
     other = Browser()
     other.cookie = browser.cookie
     slow, fast = await asyncio.gather(
-        browser.post(apps[0], "/incr", params={"wait": "0.6"}),
+        browser.post(apps[0], "/incr", params={"wait": "2.0"}),
         _after(0.05, other.post(apps[1], "/incr")),
     )
     assert (slow.status_code, fast.status_code) == (200, 200)
