@@ -2,10 +2,11 @@
 at a time across processes.
 
 Each request takes the lock under a token of its own, so that a finishing request can never
-release the next one's lock; the lease is short (half of ``lock_timeout``, at least 1 s) and
-renewed by the keeper while its holder runs, so that streams of any length keep it, and a lock left behind by a
-dead process or a release lost in an outage blocks its session for at most one lease. Requests of
-one process queue in the process first, so that they do not poll the store against each other.
+release the next one's lock. The lease is short (half of ``lock_timeout``, at least 1 s) and the
+keeper renews it while its holder runs, so that streams of any length keep it, and a lock left
+behind by a dead process or a release lost in an outage blocks its session for one lease at most.
+Requests of one process queue in the process first, so that they do not poll the store against
+each other.
 """
 
 from __future__ import annotations
