@@ -29,12 +29,78 @@ PRINCIPAL = "\x00principal"
 #: ...and for the session's ID before the request changed it.
 SESSION_ID = "\x00id"
 
-#: Set per request by the middleware on a shared store: for each session (by ``id``), the value
-#: each attribute had before this request first changed it (``ABSENT``: it had none), so that a
-#: request answered 503 can be taken back without touching what concurrent requests changed.
+#: Set per request by the middleware on a shared store: for each session (by ``id``) the names
+#: this request changed (and, under ``SESSION_ID``, the ID before it changed it). The dict itself
+#: is the request's mark in the share's :data:`Unsaved` history, so a request answered 503 takes
+#: back only its own changes that are not written yet.
 change_journal: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar(
     "servletsession_change_journal", default=None
 )
+
+#: A share's changes since its last save, per name (``PRINCIPAL`` for the principal): the value
+#: before the first of them, then ``(journal, value)`` for each change in order (consecutive
+#: changes of one request folded into one; ``None`` for a change outside any request's journal).
+Unsaved = dict[str, tuple[Any, list[tuple[object | None, Any]]]]
+
+
+def track_change(
+    session: HttpSession, journal: dict[int, dict[str, Any]] | None, name: str, old: Any, new: Any
+) -> None:
+    """Note a change of ``name`` (``old`` to ``new``, ``ABSENT`` for none) by the request that
+    holds ``journal``, before the share marks it changed."""
+    if journal is not None:
+        journal.setdefault(id(session), {})[name] = None
+    unsaved = session._unsaved
+    if unsaved is None:
+        unsaved = session._unsaved = {}
+    record = unsaved.get(name)
+    if record is None:
+        if name == PRINCIPAL:
+            pending = session._principal_changed
+        else:
+            pending = name in (session._changed_names or ())
+        # A change already pending, made outside any journal, must stay written.
+        record = unsaved[name] = (old, [(None, old)] if pending else [])
+    changes = record[1]
+    if changes and changes[-1][0] is journal:
+        changes[-1] = (journal, new)
+    else:
+        changes.append((journal, new))
+
+
+def take_back(session: HttpSession, journal: object, names: dict[str, Any]) -> None:
+    """Undo what the request holding ``journal`` changed in ``names`` and is still unwritten.
+
+    A change another request's save has written stays (the store has it); a value another request
+    set after this one's stays; a name stays pending while any other change of it is unwritten.
+    """
+    unsaved = session._unsaved
+    if not unsaved:
+        return
+    for name in names:
+        record = unsaved.get(name)
+        if record is None:
+            continue  # written since: the store and this share agree
+        before, changes = record
+        kept = [change for change in changes if change[0] is not journal]
+        if len(kept) == len(changes):
+            continue
+        if changes[-1][0] is journal:  # the share shows this value: show the last other one
+            value = kept[-1][1] if kept else before
+            if name == PRINCIPAL:
+                session._principal = value
+            elif value is ABSENT:
+                session._attributes.pop(name, None)
+            else:
+                session._attributes[name] = value
+        if kept:
+            unsaved[name] = (before, kept)
+            continue
+        del unsaved[name]
+        if name == PRINCIPAL:
+            session._principal_changed = False
+        elif session._changed_names is not None:
+            session._changed_names.discard(name)
 
 
 def record_of(session: HttpSession, store: SerializingStore, now: float) -> StoredSession:
@@ -56,8 +122,11 @@ def record_of(session: HttpSession, store: SerializingStore, now: float) -> Stor
     )
 
 
-def changes_of(session: HttpSession, store: SerializingStore, save_mode: str) -> SessionWrite:
-    """What a save writes: the attributes the save mode picks, metadata only if it changed."""
+def changes_of(
+    session: HttpSession, store: SerializingStore, save_mode: str
+) -> tuple[SessionWrite, Unsaved]:
+    """What a save writes: the attributes the save mode picks, metadata only if it changed;
+    and the history of the changes it writes (to put back with them if the save fails)."""
     changed = session._changed_names or set()
     session._changed_names = None
     if save_mode == "always":
@@ -67,15 +136,40 @@ def changes_of(session: HttpSession, store: SerializingStore, save_mode: str) ->
         session._read_names = None
     written, removed = _encode(session, store, changed)
     write = SessionWrite(written=written, removed=removed)
+    taken: Unsaved = {}
+    unsaved = session._unsaved
     if session._principal_changed:
         write.principal_changed, write.principal = True, session._principal
         session._principal_changed = False
+        changed.add(PRINCIPAL)
+    if unsaved:
+        for name in changed:
+            record = unsaved.pop(name, None)
+            if record is not None:
+                taken[name] = record
     if session._timeouts_changed:
         write.timeouts_changed = True
         write.max_inactive_interval = session._max_inactive_interval
         write.absolute_timeout = session._absolute_timeout
         session._timeouts_changed = False
-    return write
+    return write, taken
+
+
+def put_back(session: HttpSession, write: SessionWrite, taken: Unsaved) -> None:
+    """A save failed: what it was to write is pending again, with its history (ahead of any
+    change made while it was under way)."""
+    for name in (*write.written, *write.removed):
+        session._mark_changed(name)
+    session._principal_changed |= write.principal_changed
+    session._timeouts_changed |= write.timeouts_changed
+    if not taken:
+        return
+    unsaved = session._unsaved
+    if unsaved is None:
+        unsaved = session._unsaved = {}
+    for name, (before, changes) in taken.items():
+        later = unsaved.get(name)
+        unsaved[name] = (before, changes + later[1] if later is not None else changes)
 
 
 def _encode(

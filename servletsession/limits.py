@@ -173,6 +173,6 @@ class SessionLimits:
                 new_id, session._id = session._id, snapshot.session_id  # live: renamed at once
                 host.store.rename(new_id, session)
             host.expiry_changed(session)
-        session._changed_names = None
+        session._changed_names = session._unsaved = None
         session._principal_changed = session._timeouts_changed = False
         host.refuse(visit)

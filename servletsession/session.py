@@ -1,8 +1,7 @@
 """``HttpSession``: one browser's server-side state, with the Servlet spec's event ordering.
 
-The session talks to its manager only through the small :class:`SessionOwner` interface: it asks
-whether a value can be stored, reports that it is going away or that its timeout moved, and finds
-the listeners to notify. Everything else (stores, cookies, requests) is the manager's business.
+The session talks to its manager only through the small :class:`SessionOwner` interface (can a
+value be stored; it is going away; its timeout moved; who listens). The rest is the manager's.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 from .changes import ABSENT as _ABSENT
-from .changes import PRINCIPAL, change_journal
+from .changes import PRINCIPAL, Unsaved, change_journal, track_change
 from .cookies import session_ref
 from .errors import IllegalStateError
 from .listeners import (
@@ -62,9 +61,8 @@ class HttpSession(MutableMapping[str, Any]):
     """The Servlet ``HttpSession``: attributes, timestamps, idle timeout, ``invalidate()``.
 
     It is also a ``MutableMapping[str, Any]``; every write goes through :meth:`set_attribute` or
-    :meth:`remove_attribute`, so listeners fire either way. Two sessions are equal only if they are
-    the same object. Sessions are created by the :class:`~servletsession.SessionManager`, never
-    directly.
+    :meth:`remove_attribute`, so listeners fire either way. Sessions are equal only if identical;
+    the :class:`~servletsession.SessionManager` creates them, never route code.
     """
 
     __slots__ = (
@@ -96,6 +94,7 @@ class HttpSession(MutableMapping[str, Any]):
         "_this_accessed_time",
         "_timeouts_changed",
         "_track_reads",
+        "_unsaved",
         "_valid",
     )
 
@@ -128,6 +127,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._in_flight = 0
         self._listener_tail: asyncio.Task[None] | None = None
         self._changed_names: set[str] | None = None
+        self._unsaved: Unsaved | None = None  # shared stores: who changed what since the save
         self._track_reads = False  # save_mode "on_get": attributes read are written back too
         self._read_names: set[str] | None = None
         self._timeouts_changed = False
@@ -218,8 +218,8 @@ class HttpSession(MutableMapping[str, Any]):
             return
         self._owner.principal_changing(self, principal)
         journal = change_journal.get()
-        if journal is not None:
-            journal.setdefault(id(self), {}).setdefault(PRINCIPAL, old)
+        if journal is not None or self._unsaved is not None:
+            track_change(self, journal, PRINCIPAL, old, principal)
         self._principal = principal
         self._principal_changed = True
 
@@ -274,8 +274,8 @@ class HttpSession(MutableMapping[str, Any]):
         if old is not value and hasattr(value, "value_bound"):
             deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
         journal = change_journal.get()
-        if journal is not None:
-            journal.setdefault(id(self), {}).setdefault(name, old)
+        if journal is not None or self._unsaved is not None:
+            track_change(self, journal, name, old, value)
         attributes[name] = value
         self._mark_changed(name)
         if old is _ABSENT:
@@ -299,8 +299,8 @@ class HttpSession(MutableMapping[str, Any]):
         if value is _ABSENT:
             return
         journal = change_journal.get()
-        if journal is not None:
-            journal.setdefault(id(self), {}).setdefault(name, value)
+        if journal is not None or self._unsaved is not None:
+            track_change(self, journal, name, value, _ABSENT)
         self._mark_changed(name)
         if hasattr(value, "value_unbound"):
             deliver_to_value(

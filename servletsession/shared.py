@@ -27,13 +27,13 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 from .changes import (
-    ABSENT,
-    PRINCIPAL,
     SESSION_ID,
     change_journal,
     changes_of,
+    put_back,
     record_of,
     refresh,
+    take_back,
     to_values,
 )
 from .errors import StoreUnavailableError
@@ -209,24 +209,15 @@ class SharedSessions:
         tail, session._listener_tail = session._listener_tail, None
         if tail is not None:  # a claim that failed: answered by the 503, nothing to log later
             tail.add_done_callback(_retrieved)
-        undone = visit.journal.pop(id(session), None) if visit.journal is not None else None
-        if undone and PRINCIPAL in undone:
-            session._principal = undone.pop(PRINCIPAL)
-            session._principal_changed = False
-        renamed_from = undone.pop(SESSION_ID, None) if undone else None
+        journal = visit.journal
+        touched = journal.pop(id(session), None) if journal is not None else None
+        renamed_from = touched.pop(SESSION_ID, None) if touched else None
         if renamed_from is not None and session._previous_id == renamed_from:
             if self.in_process.get(session._id) is session:
                 del self.in_process[session._id]
             session._id, session._previous_id = renamed_from, None  # never written
-        if undone:  # take back this request's own changes; other requests' stay pending
-            attributes, pending = session._attributes, session._changed_names or set()
-            for name, old in undone.items():
-                if old is ABSENT:
-                    attributes.pop(name, None)
-                else:
-                    attributes[name] = old
-                if session._in_flight <= 1:  # no other request's change of it to write
-                    pending.discard(name)
+        if touched:  # take back this request's own unwritten changes, no one else's
+            take_back(session, journal, touched)
         for session_id in (session._id, session._previous_id):
             if session_id is not None:
                 self.retired.discard(session_id)
@@ -255,10 +246,10 @@ class SharedSessions:
                 session, store.create(session._id, record_of(session, store, now), now)
             )
             session._stored = True
-            session._changed_names = session._read_names = None
+            session._changed_names = session._read_names = session._unsaved = None
             session._principal_changed = session._timeouts_changed = False
             return True
-        write = changes_of(session, store, self._host.settings.save_mode)
+        write, taken = changes_of(session, store, self._host.settings.save_mode)
         if not write and not session._timeouts_changed:
             return False
         if self._locking:
@@ -266,10 +257,7 @@ class SharedSessions:
         try:
             expires = await self._writing(session, store.save(session._id, write, now))
         except BaseException:
-            for name in (*write.written, *write.removed):
-                session._mark_changed(name)
-            session._principal_changed |= write.principal_changed
-            session._timeouts_changed |= write.timeouts_changed
+            put_back(session, write, taken)
             raise
         if expires is None:
             self._drop(session._id, session)
