@@ -117,9 +117,13 @@ class RequestSession(MutableMapping[str, Any]):
 
     def set_cookie_header(self) -> bytes | None:
         """The ``Set-Cookie`` value this response needs, if any: the session's cookie when it
-        was created or its ID changed, a deletion cookie when the requested session ended."""
+        was created or its ID changed, a deletion cookie when the requested session ended here.
+        A copy another process ended or renamed (detached) sends nothing: that process sent the
+        browser its cookie, which a deletion arriving later would destroy."""
         session = self._session
-        if session is not None and session._valid and not session._detached:
+        if session is not None and session._detached:
+            return None
+        if session is not None and session._valid:
             if session._id != self.requested_id:
                 return self._cookies.set_cookie(session._id)
             return None

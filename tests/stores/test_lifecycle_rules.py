@@ -729,3 +729,48 @@ async def test_stopping_the_reaper_mid_tick_loses_and_repeats_no_destroyed_event
     assert not manager.reaper_running
     assert sorted(delivered) == sorted(ids)
     assert await manager.store.count() == 0
+
+
+# --- J. a copy ended or renamed by another process --------------------------------------------
+
+
+@stores(*SHARED_KINDS)
+@pytest.mark.parametrize("elsewhere", ["/login-rotating", "/invalidate"])
+async def test_a_request_whose_session_another_process_ended_or_renamed_sends_no_cookie(
+    processes: Process, browsers: Callable[[], Browser], elsewhere: str
+) -> None:
+    """A long request on process A holds the session while the browser's next request, on
+    process B, changes its ID (or logs out) and gets its new cookie (or a deletion). A's
+    response comes last: it must not delete the browser's newer cookie, and its write is
+    dropped (the session it held is gone from the store)."""
+    joined, go = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        session = get_session(request, create=False)
+        assert session is not None
+        joined.set()
+        await go.wait()  # the other process changes the ID, or ends the session, meanwhile
+        session["late"] = "write"
+        return Response("done")
+
+    routes = [*ROUTES, Route("/slow", slow, methods=["POST"])]
+    _, first = processes(routes=routes)
+    _, second = processes(routes=routes)
+    browser = browsers()
+    await browser.post(first, "/set/cart", params={"value": "tea"})
+    slow_request = asyncio.create_task(browser.post(first, "/slow"))
+    await asyncio.wait_for(joined.wait(), 2)
+    answer = await browser.post(second, elsewhere, params={"user": "alice"})
+    assert answer.status_code == 200
+    cookie_after = browser.cookie
+    go.set()
+    late = await slow_request
+    assert late.status_code == 200
+    assert "set-cookie" not in late.headers
+    assert browser.cookie == cookie_after
+    shown = (await browser.get(second, "/state")).json()
+    if elsewhere == "/login-rotating":  # the browser still holds its renamed, logged-in session
+        assert shown["principal"] == "alice"
+        assert shown["attributes"] == {"cart": "tea", "user": "alice"}
+    else:
+        assert shown == {"session": False}
