@@ -57,6 +57,8 @@ def track_change(
     if record is None:
         if name == PRINCIPAL:
             pending = session._principal_changed
+        elif name == SESSION_ID:
+            pending = session._previous_id not in (None, old)
         else:
             pending = name in (session._changed_names or ())
         # A change already pending, made outside any journal, must stay written.
@@ -68,13 +70,18 @@ def track_change(
         changes.append((journal, new))
 
 
-def take_back(session: HttpSession, journal: object, names: dict[str, Any]) -> None:
+def take_back(
+    session: HttpSession, journal: object, names: dict[str, Any], unsaved: Unsaved | None = None
+) -> None:
     """Undo what the request holding ``journal`` changed in ``names`` and is still unwritten.
 
     A change another request's save has written stays (the store has it); a value another request
     set after this one's stays; a name stays pending while any other change of it is unwritten.
+    ``unsaved`` is the history a save under way holds (default: the share's own): if that save
+    writes this request's value, the share keeps the value to put back pending, to write next.
     """
-    unsaved = session._unsaved
+    in_flight = unsaved is not None
+    unsaved = session._unsaved if unsaved is None else unsaved
     if not unsaved:
         return
     for name in names:
@@ -87,20 +94,56 @@ def take_back(session: HttpSession, journal: object, names: dict[str, Any]) -> N
             continue
         if changes[-1][0] is journal:  # the share shows this value: show the last other one
             value = kept[-1][1] if kept else before
-            if name == PRINCIPAL:
-                session._principal = value
-            elif value is ABSENT:
-                session._attributes.pop(name, None)
+            later = session._unsaved.get(name) if in_flight and session._unsaved else None
+            if later is not None:  # changed since that save began: correct what came before
+                session._unsaved[name] = (value, later[1])  # type: ignore[index]
             else:
-                session._attributes[name] = value
+                _show(session, name, value)
+                if in_flight:  # that save may write this request's value: write the right one
+                    track_change(session, None, name, changes[-1][1], value)
+                    session._mark_changed(name)
         if kept:
             unsaved[name] = (before, kept)
             continue
         del unsaved[name]
+        if in_flight:
+            continue
         if name == PRINCIPAL:
             session._principal_changed = False
+        elif name == SESSION_ID:
+            session._previous_id = None  # the store still holds ``before``: nothing to rename
         elif session._changed_names is not None:
             session._changed_names.discard(name)
+
+
+def _show(session: HttpSession, name: str, value: Any) -> None:
+    if name == PRINCIPAL:
+        session._principal = value
+    elif name == SESSION_ID:
+        session._id = value
+    elif value is ABSENT:
+        session._attributes.pop(name, None)
+    else:
+        session._attributes[name] = value
+
+
+def id_written(session: HttpSession, stored_id: str) -> None:
+    """The store now holds the session under ``stored_id``: the ID changes up to it are written,
+    any later one (made while the rename was under way) is still pending."""
+    if session._id == stored_id:
+        session._previous_id = None
+    else:
+        session._previous_id = stored_id
+    unsaved = session._unsaved
+    record = unsaved.get(SESSION_ID) if unsaved else None
+    if unsaved is None or record is None:
+        return
+    changes = record[1]
+    last = max((i for i, change in enumerate(changes) if change[1] == stored_id), default=-1)
+    if last + 1 >= len(changes) or session._previous_id is None:
+        del unsaved[SESSION_ID]
+    else:
+        unsaved[SESSION_ID] = (stored_id, changes[last + 1 :])
 
 
 def record_of(session: HttpSession, store: SerializingStore, now: float) -> StoredSession:

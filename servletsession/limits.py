@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .changes import SESSION_ID
 from .errors import SessionLimitError
 from .stores.memory import MemoryStore
 
@@ -173,6 +174,8 @@ class SessionLimits:
                 new_id, session._id = session._id, snapshot.session_id  # live: renamed at once
                 host.store.rename(new_id, session)
             host.expiry_changed(session)
-        session._changed_names = session._unsaved = None
+        session._changed_names = None
+        renames = session._unsaved.get(SESSION_ID) if session._unsaved else None
+        session._unsaved = {SESSION_ID: renames} if renames else None  # refuse takes them back
         session._principal_changed = session._timeouts_changed = False
         host.refuse(visit)

@@ -258,13 +258,13 @@ def after_pending(session: HttpSession, step: Callable[[], None]) -> None:
 async def settle(session: HttpSession) -> None:
     """Wait until every async delivery for ``session`` (including ones they trigger) is done.
 
-    A failure of the chain itself (a store claim that could not be made) is raised, once."""
+    A failure of the chain itself (a store claim that could not be made) is raised, and stays:
+    every request of the session that settles learns it (an ``invalidate()`` that did not happen
+    must not answer as if it had, whichever request met the failure first)."""
     while (tail := session._listener_tail) is not None:
-        try:
-            await tail
-        finally:
-            if session._listener_tail is tail:
-                session._listener_tail = None
+        await tail
+        if session._listener_tail is tail:
+            session._listener_tail = None
 
 
 def chain(session: HttpSession, work: Awaitable[None]) -> None:

@@ -50,11 +50,9 @@ class SessionOwner(Protocol):
         the store confirms this process ended the session (``_destroy``), or never if another
         process did (a shared store fires each session's events on exactly one process)."""
 
-    def expiry_changed(self, session: HttpSession) -> None:
-        """The session's idle or absolute timeout moved."""
+    def expiry_changed(self, session: HttpSession) -> None: ...  # its idle or absolute timeout
 
-    def principal_changing(self, session: HttpSession, new: str | None) -> None:
-        """The session is about to be bound to ``new`` (or unbound)."""
+    def principal_changing(self, session: HttpSession, new: str | None) -> None: ...  # rebinding
 
 
 class HttpSession(MutableMapping[str, Any]):
@@ -214,11 +212,12 @@ class HttpSession(MutableMapping[str, Any]):
                 "surrogates, or None"
             )
         old = self._principal
-        if principal == old:
+        if principal == old:  # repeating another request's unwritten change makes it ours too
+            if self._unsaved and PRINCIPAL in self._unsaved:
+                track_change(self, change_journal.get(), PRINCIPAL, old, principal)
             return
         self._owner.principal_changing(self, principal)
-        journal = change_journal.get()
-        if journal is not None or self._unsaved is not None:
+        if (journal := change_journal.get()) is not None or self._unsaved is not None:
             track_change(self, journal, PRINCIPAL, old, principal)
         self._principal = principal
         self._principal_changed = True
@@ -273,8 +272,7 @@ class HttpSession(MutableMapping[str, Any]):
         old = attributes.get(name, _ABSENT)
         if old is not value and hasattr(value, "value_bound"):
             deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
-        journal = change_journal.get()
-        if journal is not None or self._unsaved is not None:
+        if (journal := change_journal.get()) is not None or self._unsaved is not None:
             track_change(self, journal, name, old, value)
         attributes[name] = value
         self._mark_changed(name)
@@ -297,9 +295,10 @@ class HttpSession(MutableMapping[str, Any]):
     def _remove(self, name: str) -> None:
         value = self._attributes.pop(name, _ABSENT)
         if value is _ABSENT:
+            if self._unsaved and name in self._unsaved:  # as for the principal
+                track_change(self, change_journal.get(), name, value, value)
             return
-        journal = change_journal.get()
-        if journal is not None or self._unsaved is not None:
+        if (journal := change_journal.get()) is not None or self._unsaved is not None:
             track_change(self, journal, name, value, _ABSENT)
         self._mark_changed(name)
         if hasattr(value, "value_unbound"):

@@ -28,13 +28,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .changes import (
     SESSION_ID,
+    Unsaved,
     change_journal,
     changes_of,
+    id_written,
     put_back,
     record_of,
     refresh,
     take_back,
     to_values,
+    track_change,
 )
 from .errors import StoreUnavailableError
 from .listeners import chain, settle
@@ -62,6 +65,8 @@ class SharedSessions:
         self.in_process: dict[str, HttpSession] = {}
         self.retired: set[str] = set()  # IDs changed or ended here, until the store has it
         self._tickets = itertools.count(1)
+        #: For a share with saves under way, the change histories they hold (see ``refuse``).
+        self._histories_in_flight: dict[int, list[Unsaved]] = {}
 
     # --- joining -----------------------------------------------------------------------------
 
@@ -206,23 +211,21 @@ class SharedSessions:
         session = visit.session
         if session is None:
             return
-        tail, session._listener_tail = session._listener_tail, None
-        if tail is not None:  # a claim that failed: answered by the 503, nothing to log later
+        tail = session._listener_tail
+        if tail is not None:  # a claim that failed stays, for the request that asked for it
             tail.add_done_callback(_retrieved)
         journal = visit.journal
         touched = journal.pop(id(session), None) if journal is not None else None
-        renamed_from = touched.pop(SESSION_ID, None) if touched else None
-        if renamed_from is not None and session._previous_id == renamed_from:
-            if self.in_process.get(session._id) is session:
-                del self.in_process[session._id]
-            session._id, session._previous_id = renamed_from, None  # never written
-        if touched:  # take back this request's own unwritten changes, no one else's
+        current = session._id
+        if touched:  # take back this request's own unwritten changes (also from saves under way)
             take_back(session, journal, touched)
-        for session_id in (session._id, session._previous_id):
-            if session_id is not None:
-                self.retired.discard(session_id)
-                if self.in_process.get(session_id) is session:
-                    del self.in_process[session_id]
+            for history in self._histories_in_flight.get(id(session), ()):
+                take_back(session, journal, touched, history)
+        for session_id in (current, session._id, session._previous_id):
+            if session_id is not None and self.in_process.get(session_id) is session:
+                del self.in_process[session_id]
+        if session._previous_id is None:  # no ID change away from it is pending any more
+            self.retired.discard(session._id)
         if not session._stored and session._valid:
             session._expire("discarded")  # never stored: created and destroyed pair up
 
@@ -232,15 +235,16 @@ class SharedSessions:
         if session._detached:
             return False
         store, now = self._store, self._host.clock()
-        previous = session._previous_id
-        if previous is not None:
-            try:
-                if session._stored and not await store.rename(previous, session._id):
-                    self._drop(session._id, session)
-                    return False
-                session._previous_id = None
-            finally:
+        while (previous := session._previous_id) is not None:
+            target = session._id
+            if session._stored and not await store.rename(previous, target):
                 self.retired.discard(previous)
+                self._drop(session._id, session)
+                return False
+            id_written(session, target)  # a change made meanwhile is pending: a round more
+            self.retired.discard(previous)
+            if session._previous_id is not None:
+                self.retired.add(session._previous_id)
         if not session._stored:
             await self._writing(
                 session, store.create(session._id, record_of(session, store, now), now)
@@ -254,11 +258,17 @@ class SharedSessions:
             return False
         if self._locking:
             write.lock_token = self.locks.token_of(session)
+        histories = self._histories_in_flight.setdefault(id(session), [])
+        histories.append(taken)  # a request refused meanwhile takes its changes out of it
         try:
             expires = await self._writing(session, store.save(session._id, write, now))
         except BaseException:
             put_back(session, write, taken)
             raise
+        finally:
+            histories[:] = [history for history in histories if history is not taken]
+            if not histories:
+                del self._histories_in_flight[id(session)]
         if expires is None:
             self._drop(session._id, session)
             return False
@@ -349,8 +359,8 @@ class SharedSessions:
 
     def rename_now(self, session: HttpSession, old_id: str) -> None:
         journal = change_journal.get()
-        if journal is not None:  # to take back if the request is answered 503
-            journal.setdefault(id(session), {}).setdefault(SESSION_ID, old_id)
+        if journal is not None or session._unsaved is not None:  # to take back on a 503
+            track_change(session, journal, SESSION_ID, old_id, session._id)
         if self.in_process.get(old_id) is session:
             del self.in_process[old_id]
         if session._detached:

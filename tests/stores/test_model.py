@@ -178,7 +178,7 @@ class Share:
     baseline: dict[str, Any] = field(default_factory=dict)
     principal_by: list[Open] = field(default_factory=list)
     principal_before: str | None = None
-    renamed_by: list[Open] = field(default_factory=list)
+    renamed_by: list[tuple[Open, str]] = field(default_factory=list)  # and the new ID
     claim_failed: bool = False  # an end whose claim could not reach the store
     known_deadline: float = math.inf  # the stored deadline as this object last saw it
 
@@ -435,11 +435,11 @@ class ModelMachine(RuleBasedStateMachine):
         o.refused = True
         share = o.share
         share.claim_failed = False
-        for session_id in (share.id, share.prev):
-            if session_id is not None:
-                self.retired[o.m].discard(session_id)
         share.in_map = False
         if not share.stored and share.valid:  # a new session, never stored: discarded
+            for session_id in (share.id, share.prev):
+                if session_id is not None:
+                    self.retired[o.m].discard(session_id)
             share.valid = False
             self._gone(self.browsers[share.key])
             return
@@ -459,10 +459,16 @@ class ModelMachine(RuleBasedStateMachine):
             share.principal_by.remove(o)
             if not share.principal_by:
                 share.principal = share.principal_before
-        if o in share.renamed_by:
-            share.renamed_by = [by for by in share.renamed_by if by is not o]
-            if not share.renamed_by and share.prev is not None:
-                share.id, share.prev = share.prev, None
+        # An ID change of its own is taken back too, unless another request changed it since.
+        if any(by is o for by, _ in share.renamed_by):
+            was_last = share.renamed_by[-1][0] is o
+            share.renamed_by = [(by, new) for by, new in share.renamed_by if by is not o]
+            if was_last:
+                share.id = share.renamed_by[-1][1] if share.renamed_by else share.prev  # type: ignore[assignment]
+            if not share.renamed_by:
+                share.prev = None
+        if share.prev is None:  # no ID change away from it pending: refused no longer
+            self.retired[o.m].discard(share.id)
 
     def _end(self, share: Share) -> None:
         """A share ended in its process (invalidate, or a manager's end): claimed in the store
@@ -713,7 +719,9 @@ class ModelMachine(RuleBasedStateMachine):
         present = name in share.view
         self._in_request(o, lambda: share.session.set_attribute(name, value))
         if value is None and not present:
-            return  # removing what is not there changes nothing
+            if self.shared and name in share.changes:  # repeating an unwritten removal
+                share.changes[name].append((o, REMOVED))
+            return  # otherwise removing what is not there changes nothing
         if self.shared:
             if name not in share.changes:
                 share.baseline[name] = share.view.get(name, REMOVED)
@@ -733,7 +741,9 @@ class ModelMachine(RuleBasedStateMachine):
 
         self._in_request(o, bind)
         if share.principal == PRINCIPAL:
-            return  # no change
+            if share.principal_by:  # repeating an unwritten change: it is this request's too
+                share.principal_by.append(o)
+            return
         if not share.principal_by:
             share.principal_before = share.principal
         share.principal_by.append(o)
@@ -758,7 +768,7 @@ class ModelMachine(RuleBasedStateMachine):
         if not self.shared:
             br.store_id = new
             return
-        share.renamed_by.append(o)
+        share.renamed_by.append((o, new))
         if share.prev is None:
             share.prev = old
         share.in_map = True
