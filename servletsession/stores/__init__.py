@@ -37,18 +37,24 @@ def __getattr__(name: str) -> Any:
 
 def store_from_url(url: str, **options: Any) -> SessionStore:
     """A store for ``url``: ``memory://``, ``sqlite[+aiosqlite]:///path``,
-    ``postgresql[+asyncpg]://…`` or ``redis://…`` (``rediss://``, ``unix://``); ``options`` go
+    ``postgresql[+asyncpg]://…``, ``redis://…`` (``rediss://``, ``unix://``), or a Redis
+    Cluster: ``redis+cluster://node:port`` (``rediss+cluster://``; any one node); ``options`` go
     to the store's constructor (``models=``, ``save_period=``, ``prefix=``…)."""
-    scheme = url.partition("://")[0].split("+")[0].lower()
+    head, sep, rest = url.partition("://")
+    if head.lower() in ("redis+cluster", "rediss+cluster"):
+        cluster_url = head.lower().split("+")[0] + sep + rest
+        store: SessionStore = __getattr__("RedisStore")(cluster_url, cluster=True, **options)
+        return store
+    scheme = head.split("+")[0].lower()
     if scheme == "memory":
         return MemoryStore()
     if scheme in ("sqlite", "postgresql", "postgres"):
-        store: SessionStore = __getattr__("SQLStore")(url, **options)
+        store = __getattr__("SQLStore")(url, **options)
         return store
     if scheme in ("redis", "rediss", "unix"):
         store = __getattr__("RedisStore")(url, **options)
         return store
     raise ConfigurationError(
         f"store URL scheme {scheme!r} is not one of memory://, sqlite:///…, postgresql://…, "
-        "redis://…"
+        "redis://…, redis+cluster://…"
     )

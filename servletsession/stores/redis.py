@@ -1,23 +1,22 @@
-"""``RedisStore``: sessions in Redis, through redis-py's asyncio client (hiredis when installed).
+"""``RedisStore``: sessions in Redis or Redis Cluster, through redis-py's asyncio client (hiredis
+when installed).
 
-Layout, under a configurable ``prefix``:
+Each session is a hash: a field per attribute (``a:<name>``) and metadata fields (``#c`` created,
+``#l`` last access, ``#e`` deadline, ``#i`` idle interval, ``#a`` absolute timeout, ``#p``
+principal). Its TTL follows the deadline, plus a grace period, so that the reaper, not Redis,
+ends the session and its listeners fire. Deadlines are filed in the shard's sorted set for the
+reaper; a deadline that only grows (a touch) is not re-filed: the entry runs early, and the
+reaper re-files what it finds not due. Principal sets live as long as their longest-lived member.
+Key names and shards: see :mod:`~servletsession.stores.redis_layout`.
 
-* ``{prefix}{<id>}`` — a hash per session: a field per attribute (``a:<name>``) and metadata
-  fields (``#c`` created, ``#l`` last access, ``#e`` deadline, ``#i`` idle interval, ``#a``
-  absolute timeout, ``#p`` principal). The braces are a hash tag: the session's keys (hash and
-  ``…:lock``) share one Redis Cluster slot. The key's TTL follows the deadline, plus a grace period
-  so that the reaper, not Redis, ends the session and its listeners fire.
-* ``{prefix}expiries`` — a sorted set of deadlines for the reaper. A deadline that only grows (a
-  touch) is not re-filed: the entry runs early, and the reaper re-files what it finds not due.
-* ``{prefix}principal:<principal>`` — a set of session IDs per principal; its TTL follows its
-  longest-lived member, so that sessions Redis drops by TTL leave no entry behind for long.
-
-Every operation is one Lua script: atomic, and one round trip. A joining request costs one round
-trip (it records its access and confirms the session), a writing one two.
+Every operation on a session is one Lua script in one slot: atomic, and one round trip. A joining
+request costs one round trip (it records its access and confirms the session), a writing one two.
+An ID change whose new ID falls in another slot moves the session in three steps (``move``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -25,11 +24,14 @@ from collections.abc import AsyncIterator, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..cookies import session_ref
 from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
 from .faults import describe, redis_unavailable
+from .redis_layout import RedisLayout
+from .redis_moves import MovingSessions, Where
 from .redis_scripts import CLAIM, CREATE, DELETE, LOAD, LOCK, RENAME, RENEW, SAVE, UNLOCK
 from .serializing import SerializingStore
 
@@ -38,34 +40,53 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("servletsession")
 
+#: Shards of the cross-session indexes on a cluster, unless ``shards=`` says otherwise.
+CLUSTER_SHARDS = 64
+
 
 class RedisStore(SerializingStore):
-    """Sessions in Redis: ``RedisStore("redis://localhost:6379/0")`` or an existing client.
+    """Sessions in Redis: ``RedisStore("redis://localhost:6379/0")``, an existing client, or a
+    Redis Cluster: ``RedisStore("redis://node:7000", cluster=True)`` or a ``RedisCluster`` client.
 
     ``ttl_grace`` (seconds) is added to each key's TTL beyond its deadline, so that the reaper
     has time to claim an expired session and fire its listeners before Redis drops the key.
+    ``shards`` splits the deadline index and the principal sets (default: 1 on a single server,
+    64 on a cluster); every process sharing the store needs the same ``prefix`` and ``shards``.
+    ``socket_timeout`` bounds each operation (connecting included): past it, the request gets
+    503.
     """
 
     def __init__(
         self,
-        url: str | aioredis.Redis = "redis://127.0.0.1:6379/0",
+        url: str | aioredis.Redis | RedisCluster = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "servletsession:",
         models: Iterable[type[BaseModel]] = (),
         save_period: float = 30.0,
         ttl_grace: float = 3600.0,
         socket_timeout: float = 5.0,
+        cluster: bool = False,
+        shards: int | None = None,
     ) -> None:
         super().__init__(models=models, save_period=save_period)
+        self.client: aioredis.Redis | RedisCluster
         if isinstance(url, str):
-            self.client: aioredis.Redis = aioredis.Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-            )
+            # The client's own socket_timeout would wrap every send in asyncio.wait_for (a task
+            # per command on Python 3.11): each operation is bounded in ``answering`` instead.
+            timeouts: dict[str, Any] = {
+                "socket_timeout": None, "socket_connect_timeout": socket_timeout}  # fmt: skip
+            if cluster:
+                self.client = RedisCluster.from_url(url, **timeouts)
+            else:
+                self.client = aioredis.Redis.from_url(url, **timeouts)
         else:
             self.client = url
+        self.cluster = isinstance(self.client, RedisCluster)
+        if shards is None:
+            shards = CLUSTER_SHARDS if self.cluster else 1
+        self.layout = RedisLayout(prefix, shards)
         self.prefix = prefix
-        self._expiries = f"{prefix}expiries"
-        self._principals = f"{prefix}principal:"
+        self.timeout = socket_timeout
         self._grace_ms = int(ttl_grace * 1000)
         register = self.client.register_script
         self._load = register(LOAD)
@@ -77,12 +98,15 @@ class RedisStore(SerializingStore):
         self._lock = register(LOCK)
         self._renew = register(RENEW)
         self._unlock = register(UNLOCK)
+        self.moves = MovingSessions(self)
 
     def key(self, session_id: str) -> str:
-        return f"{self.prefix}{{{session_id}}}"
+        return self.layout.key(session_id)
 
-    def _lock_key(self, session_id: str) -> str:
-        return self.key(session_id) + ":lock"
+    def _keys(self, session_id: str) -> list[str]:
+        """The session's hash, its shard's deadline index and its lock: one slot."""
+        layout = self.layout
+        return [layout.key(session_id), layout.index_of(session_id), layout.lock_key(session_id)]
 
     # --- the contract ------------------------------------------------------------------------
 
@@ -99,9 +123,16 @@ class RedisStore(SerializingStore):
         self, session_id: str, now: float, mode: str, attributes: bool
     ) -> StoredSession | None:
         args: list[str | int] = [repr(now), repr(self.save_period), self._grace_ms,
-                                 self._principals, mode, "1" if attributes else "0"]  # fmt: skip
-        async with self._answering():
+                                 self.layout.principals_of(session_id), mode,
+                                 "1" if attributes else "0"]  # fmt: skip
+        async with self.answering():
             data = await self._load(keys=[self.key(session_id)], args=args)
+            if data and data[6]:  # an ID change is moving it: is the move done?
+                where = await self.moves.where(session_id, _text(data[6]))
+                if where is Where.GONE:
+                    return None
+                if where is Where.BACK and mode != "0":  # read again, recording the access
+                    data = await self._load(keys=[self.key(session_id)], args=args)
         if not data:
             return None
         try:
@@ -114,7 +145,7 @@ class RedisStore(SerializingStore):
             await self.delete(session_id)
             return None
         if attributes:
-            stored.attributes = {_text(data[i]): data[i + 1] for i in range(6, len(data) - 1, 2)}
+            stored.attributes = {_text(data[i]): data[i + 1] for i in range(8, len(data) - 1, 2)}
         return stored
 
     async def create(self, session_id: str, session: StoredSession, now: float) -> None:
@@ -123,26 +154,35 @@ class RedisStore(SerializingStore):
             fields += [name, value]
         expires = "" if math.isinf(session.expires_at) else repr(session.expires_at)
         absolute = "" if session.absolute_timeout is None else repr(session.absolute_timeout)
-        args = [repr(now), self._grace_ms, self._principals, session_id,
+        args = [repr(now), self._grace_ms, self.layout.principals_of(session_id), session_id,
                 repr(session.creation_time), repr(session.last_access), expires,
                 session.max_inactive_interval, absolute, session.principal or "",
                 *fields]  # fmt: skip
-        async with self._answering():
-            await self._create(keys=[self.key(session_id), self._expiries], args=args)
+        keys = [self.key(session_id), self.layout.index_of(session_id)]
+        async with self.answering():
+            await self._create(keys=keys, args=args)
 
-    async def save(self, session_id: str, write: SessionWrite, now: float) -> float | None:
+    async def save(
+        self, session_id: str, write: SessionWrite, now: float, *, again: bool = True
+    ) -> float | None:
         fields: list[Any] = []
         for name, value in write.written.items():
             fields += [name, value]
         absolute = "" if write.absolute_timeout is None else repr(write.absolute_timeout)
-        args = [repr(now), repr(self.save_period), self._grace_ms, self._principals, session_id,
-                write.lock_token or "", "1" if write.principal_changed else "0",
-                write.principal or "", "1" if write.timeouts_changed else "0",
-                write.max_inactive_interval, absolute, len(write.written), *fields,
-                *write.removed]  # fmt: skip
-        keys = [self.key(session_id), self._expiries, self._lock_key(session_id)]
-        async with self._answering():
-            result = await self._save(keys=keys, args=args)
+        args = [repr(now), repr(self.save_period), self._grace_ms,
+                self.layout.principals_of(session_id), session_id, write.lock_token or "",
+                "1" if write.principal_changed else "0", write.principal or "",
+                "1" if write.timeouts_changed else "0", write.max_inactive_interval, absolute,
+                len(write.written), *fields, *write.removed]  # fmt: skip
+        async with self.answering():
+            result = await self._save(keys=self._keys(session_id), args=args)
+        if isinstance(result, list):  # moving to a new ID
+            where = await self.moves.where(session_id, _text(result[1]))
+            if where is Where.BACK and again:
+                return await self.save(session_id, write, now, again=False)
+            if where is Where.GONE:
+                return None
+            raise StoreUnavailableError("the session is changing its ID; nothing was saved")
         if result is None:
             return None
         if result == -1:
@@ -154,89 +194,153 @@ class RedisStore(SerializingStore):
         return float(expires) if expires else math.inf
 
     async def delete(self, session_id: str) -> bool:
-        keys = [self.key(session_id), self._expiries, self._lock_key(session_id)]
-        async with self._answering():
-            removed = await self._delete(keys=keys, args=[session_id, self._principals])
+        args = [session_id, self.layout.principals_of(session_id)]
+        async with self.answering():
+            removed = await self._delete(keys=self._keys(session_id), args=args)
+        if isinstance(removed, list):  # moving to a new ID: delete it where it is
+            where = await self.moves.where(session_id, _text(removed[1]))
+            if where is Where.MOVING:
+                raise StoreUnavailableError("the session is changing its ID; nothing was deleted")
+            return await self.delete(_text(removed[1]) if where is Where.GONE else session_id)
         return bool(removed)
 
     async def claim(self, session_id: str, now: float) -> StoredSession | None:
-        keys = [self.key(session_id), self._expiries, self._lock_key(session_id)]
-        async with self._answering():
-            data = await self._claim(keys=keys, args=[repr(now), session_id, self._principals, "0"])
+        return await self._claim_one(session_id, now, "0")
+
+    async def _claim_one(self, session_id: str, now: float, refile: str) -> StoredSession | None:
+        args = [repr(now), session_id, self.layout.principals_of(session_id), refile]
+        async with self.answering():
+            data = await self._claim(keys=self._keys(session_id), args=args)
+            if data and data[0] == b"#m":  # moving: claimed only if the move was taken back
+                if await self.moves.where(session_id, _text(data[1])) is not Where.BACK:
+                    return None
+                data = await self._claim(keys=self._keys(session_id), args=args)
+                if data and data[0] == b"#m":
+                    return None
         return _from_hash(data) if data else None
 
     async def rename(self, old_id: str, new_id: str) -> bool:
-        keys = [self.key(old_id), self.key(new_id), self._expiries, self._lock_key(old_id),
-                self._lock_key(new_id)]  # fmt: skip
-        async with self._answering():
-            moved = await self._rename(keys=keys, args=[old_id, new_id, self._principals])
+        layout = self.layout
+        if layout.shard_of(old_id) != layout.shard_of(new_id):
+            return await self.moves.move(old_id, new_id)
+        keys = [layout.key(old_id), layout.key(new_id), layout.index_of(old_id),
+                layout.lock_key(old_id), layout.lock_key(new_id)]  # fmt: skip
+        async with self.answering():
+            moved = await self._rename(
+                keys=keys, args=[old_id, new_id, layout.principals_of(old_id)]
+            )
         return bool(moved)
 
     async def claim_expired(
         self, now: float, limit: int, in_use: Collection[str] = ()
     ) -> list[tuple[str, StoredSession]]:
-        async with self._answering():
-            due = await self.client.zrangebyscore(
-                self._expiries, "-inf", repr(now), start=0, num=limit
+        layout = self.layout
+        async with self.answering():
+            per_shard = await self._each_shard(
+                lambda pipe, shard: pipe.zrangebyscore(
+                    layout.index(shard), "-inf", repr(now), start=0, num=limit
+                )
             )
-            if not due:
-                return []
-            ids = [_text(raw) for raw in due]
+            ids = [_text(raw) for due in per_shard for raw in due]
             busy = [session_id for session_id in ids if session_id in in_use]
-            candidates = [session_id for session_id in ids if session_id not in in_use]
-            async with self.client.pipeline(transaction=False) as pipe:
-                if busy:  # a request of this process is using it: look again in a second
-                    pipe.zadd(self._expiries, {session_id: now + 1.0 for session_id in busy})
-                for session_id in candidates:
-                    await self._claim(
-                        keys=[self.key(session_id), self._expiries, self._lock_key(session_id)],
-                        args=[repr(now), session_id, self._principals, "1"],
-                        client=pipe,
-                    )
-                results = await pipe.execute()
-        claimed = []
-        for session_id, data in zip(candidates, results[1 if busy else 0 :], strict=True):
-            stored = _from_hash(data) if data else None
-            if stored is not None:
-                claimed.append((session_id, stored))
+            candidates = [session_id for session_id in ids if session_id not in in_use][:limit]
+            if busy:  # a request of this process is using it: look again in a second
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for session_id in busy:
+                        pipe.zadd(layout.index_of(session_id), {session_id: now + 1.0})
+                    await pipe.execute()
+            results = await self._claims(candidates, now)
+        return [(sid, stored) for sid, stored in zip(candidates, results, strict=True) if stored]
+
+    async def _claims(self, session_ids: list[str], now: float) -> list[StoredSession | None]:
+        """Claim due sessions: in one pipeline on a single server; on a cluster, a few at a time
+        (a script in a cluster pipeline cannot reload itself on a node that lost it)."""
+        if self.cluster:
+            gate = asyncio.Semaphore(16)
+
+            async def claim(session_id: str) -> StoredSession | None:
+                async with gate:
+                    return await self._claim_one(session_id, now, "1")
+
+            return list(await asyncio.gather(*(claim(session_id) for session_id in session_ids)))
+        client = self.client
+        assert not isinstance(client, RedisCluster)
+        async with client.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                args = [repr(now), session_id, self.layout.principals_of(session_id), "1"]
+                await self._claim(keys=self._keys(session_id), args=args, client=pipe)
+            replies = await pipe.execute()
+        claimed: list[StoredSession | None] = []
+        for session_id, data in zip(session_ids, replies, strict=True):
+            if data and data[0] == b"#m":  # moving: the move decides
+                claimed.append(await self._claim_one(session_id, now, "1"))
+            else:
+                claimed.append(_from_hash(data) if data else None)
         return claimed
 
     async def count(self) -> int:
-        async with self._answering():
-            return int(await self.client.zcard(self._expiries))
+        layout = self.layout
+        async with self.answering():
+            counts = await self._each_shard(lambda pipe, shard: pipe.zcard(layout.index(shard)))
+        return sum(int(count) for count in counts)
 
     async def sessions_of(self, principal: str, now: float) -> list[str]:
-        index = self._principals + principal
-        async with self._answering():
-            members = [_text(m) for m in await self.client.smembers(index)]
+        layout = self.layout
+        async with self.answering():
+            per_shard = await self._each_shard(
+                lambda pipe, shard: pipe.smembers(layout.principals(shard) + principal)
+            )
+            members = [_text(m) for found in per_shard for m in found]
             if not members:
                 return []
             async with self.client.pipeline(transaction=False) as pipe:
                 for session_id in members:
-                    pipe.hmget(self.key(session_id), "#e", "#p")
+                    pipe.hmget(self.key(session_id), "#e", "#p", "#m")
                 found = await pipe.execute()
             live, gone = [], []
-            for session_id, (expires, bound) in zip(members, found, strict=True):
+            ids = set(members)
+            for session_id, (expires, bound, moving) in zip(members, found, strict=True):
                 if bound is None or _text(bound) != principal:
                     gone.append(session_id)  # dropped by its TTL, or moved on: clean the index
+                elif moving is not None and _text(moving) in ids:
+                    continue  # moved: its new ID is listed, the old one goes with the move
                 elif not expires or float(expires) > now:
                     live.append(session_id)
             if gone:
-                await self.client.srem(index, *gone)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for session_id in gone:
+                        pipe.srem(layout.principals_of(session_id) + principal, session_id)
+                    await pipe.execute()
         return live
 
     async def session_ids(self, offset: int, limit: int) -> list[str]:
-        async with self._answering():
-            members = await self.client.zrange(self._expiries, offset, offset + limit - 1)
-        return [_text(m) for m in members]
+        """A page of IDs: the shards' deadline indexes one after the other."""
+        layout = self.layout
+        async with self.answering():
+            sizes = [int(size) for size in await self._each_shard(
+                lambda pipe, shard: pipe.zcard(layout.index(shard)))]  # fmt: skip
+            page: list[str] = []
+            for shard, size in enumerate(sizes):
+                if offset >= size:
+                    offset -= size
+                    continue
+                wanted = limit - len(page)
+                if wanted <= 0:
+                    break
+                members = await self.client.zrange(layout.index(shard), offset, offset + wanted - 1)
+                page += [_text(m) for m in members]
+                offset = 0
+        return page
 
     async def least_recent(self, count: int, now: float) -> list[str]:
-        """The sorted set lags touches, so look at a few more candidates than asked, re-file
-        them by their real deadline, and take the earliest."""
-        async with self._answering():
-            candidates = [
-                _text(c) for c in await self.client.zrange(self._expiries, 0, count * 4 + 3)
-            ]
+        """The indexes lag touches, so look at a few more candidates than asked in each shard,
+        re-file them by their real deadline, and take the earliest."""
+        layout = self.layout
+        async with self.answering():
+            per_shard = await self._each_shard(
+                lambda pipe, shard: pipe.zrange(layout.index(shard), 0, count * 4 + 3)
+            )
+            candidates = [_text(c) for found in per_shard for c in found]
             if not candidates:
                 return []
             async with self.client.pipeline(transaction=False) as pipe:
@@ -248,40 +352,55 @@ class RedisStore(SerializingStore):
                 if expires is not None:
                     real[session_id] = float(expires) if expires else math.inf
             if real:
-                await self.client.zadd(
-                    self._expiries, {sid: min(d, 1e300) for sid, d in real.items()}
-                )
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for session_id, deadline in real.items():
+                        pipe.zadd(layout.index_of(session_id), {session_id: min(deadline, 1e300)})
+                    await pipe.execute()
         return sorted(real, key=real.__getitem__)[:count]
 
     async def acquire_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
-        keys = [self.key(session_id), self._lock_key(session_id)]
-        async with self._answering():
+        keys = [self.key(session_id), self.layout.lock_key(session_id)]
+        async with self.answering():
             taken = await self._lock(keys=keys, args=[token, max(1, int(lease * 1000))])
         return bool(taken)
 
     async def renew_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
-        async with self._answering():
+        async with self.answering():
             renewed = await self._renew(
-                keys=[self._lock_key(session_id)], args=[token, max(1, int(lease * 1000))]
+                keys=[self.layout.lock_key(session_id)], args=[token, max(1, int(lease * 1000))]
             )
         return bool(renewed)
 
     async def release_lock(self, session_id: str, token: str) -> None:
-        async with self._answering():
-            await self._unlock(keys=[self._lock_key(session_id)], args=[token])
+        async with self.answering():
+            await self._unlock(keys=[self.layout.lock_key(session_id)], args=[token])
 
     async def close(self) -> None:
         await self.client.aclose()
 
     # --- plumbing ----------------------------------------------------------------------------
 
+    async def _each_shard(self, command: Any) -> list[Any]:
+        """``command(pipe, shard)`` for every shard, in one pipeline (on a cluster, one batch
+        per node), answers in shard order."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(self.layout.shards):
+                command(pipe, shard)
+            return list(await pipe.execute())
+
     @contextlib.asynccontextmanager
-    async def _answering(self) -> AsyncIterator[None]:
-        """Every failure that means Redis cannot answer now becomes ``StoreUnavailableError``."""
+    async def answering(self) -> AsyncIterator[None]:
+        """Every failure that means Redis cannot answer now becomes ``StoreUnavailableError``,
+        and so does an operation that takes longer than ``socket_timeout``."""
         try:
-            yield
+            async with asyncio.timeout(self.timeout):
+                yield
         except StoreUnavailableError:
             raise
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"Redis session store did not answer within {self.timeout} s"
+            ) from exc
         except Exception as exc:
             if redis_unavailable(exc):
                 raise StoreUnavailableError(
@@ -290,7 +409,8 @@ class RedisStore(SerializingStore):
             raise
 
     def __repr__(self) -> str:
-        return f"<RedisStore prefix={self.prefix!r}>"
+        shape = f" cluster shards={self.layout.shards}" if self.cluster else ""
+        return f"<RedisStore prefix={self.prefix!r}{shape}>"
 
 
 def _stored(meta: list[str]) -> StoredSession:

@@ -1,7 +1,14 @@
 """The Lua scripts behind ``RedisStore``: each operation is one script, atomic and one round trip.
 
+Every key a script touches is in one hash slot: the session's hash, its lock, its shard's deadline
+index and its shard's principal sets share the shard's hash tag (see ``redis_layout``). A key name
+built inside a script (a principal set) is therefore local too, on a single node and on a cluster.
+
 The deadline rule is the one :class:`~servletsession.stores.base.SharedStore` states: rewrite a
 deadline only once it has fallen below ``now + interval``, then to ``now + interval + pad``.
+
+A session being moved to another slot by an ID change carries ``#m`` (its new ID) and ``#t`` (the
+move's lease): it is read but not written, locked or claimed until the move ends (``MOVE_*``).
 """
 
 # Shared by the scripts. meta = HMGET(key, '#c', '#l', '#e', '#i', '#a', '#p').
@@ -53,16 +60,18 @@ local META = {'#c', '#l', '#e', '#i', '#a', '#p'}
 """
 
 # KEYS: hash. ARGV: now, period, grace, prefix, mode (0 read, 1 access, 2 activity), attributes?
+# Returns the six metadata fields, the move's target ID and lease ('' when not moving), then
+# name/value pairs. A moving session is returned as it is, and not written.
 LOAD = (
     PRELUDE
     + """
 local key = KEYS[1]
-local meta = redis.call('HMGET', key, unpack(META))
+local meta = redis.call('HMGET', key, '#c', '#l', '#e', '#i', '#a', '#p', '#m', '#t')
 if not meta[1] then return false end
 local now = tonumber(ARGV[1])
-for i = 1, 6 do meta[i] = meta[i] or '' end
-local result = {meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]}
-if ARGV[5] ~= '0' and deadline_of(meta) > now then
+for i = 1, 8 do meta[i] = meta[i] or '' end
+local result = {meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7], meta[8]}
+if ARGV[5] ~= '0' and meta[7] == '' and deadline_of(meta) > now then
   if ARGV[5] == '1' then redis.call('HSET', key, '#l', ARGV[1]) end
   local target = next_deadline(meta, now, tonumber(ARGV[2]), false)
   if target then
@@ -107,6 +116,8 @@ SAVE = (
     + """
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then return false end
+local moving = redis.call('HGET', key, '#m')
+if moving then return {'#m', moving} end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
 if ARGV[7] == '1' then
   local old = redis.call('HGET', key, '#p') or ''
@@ -137,6 +148,8 @@ return meta[3]
 DELETE = (
     PRELUDE
     + """
+local moving = redis.call('HGET', KEYS[1], '#m')
+if moving then return {'#m', moving} end
 unindex(KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
@@ -144,9 +157,12 @@ return redis.call('DEL', KEYS[1])
 """
 )
 
-# KEYS: old hash, new hash, index, old lock, new lock. ARGV: old id, new id, prefix.
+# Both IDs in one slot. KEYS: old hash, new hash, index, old lock, new lock. ARGV: old id, new id,
+# prefix.
 RENAME = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], '#m') == 1 then
+  return 0
+end
 local principal = redis.call('HGET', KEYS[1], '#p')
 if principal and principal ~= '' then
   redis.call('SREM', ARGV[3] .. principal, ARGV[1])
@@ -160,7 +176,8 @@ if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[5]
 return 1
 """
 
-# Claim one due session: the DEL decides who fires session_destroyed (exactly one caller).
+# Claim one due session: the DEL decides who fires session_destroyed (exactly one caller). A
+# moving session is not claimed: {'#m', its new ID} says so.
 # KEYS: hash, index, lock. ARGV: now, id, prefix, re-file (1: put a not-due entry back).
 CLAIM = (
     PRELUDE
@@ -170,6 +187,8 @@ if not expires then
   redis.call('ZREM', KEYS[2], ARGV[2])
   return false
 end
+local moving = redis.call('HGET', KEYS[1], '#m')
+if moving then return {'#m', moving} end
 if expires == '' or tonumber(expires) > tonumber(ARGV[1]) then
   if ARGV[4] == '1' then
     redis.call('ZADD', KEYS[2], expires == '' and '+inf' or expires, ARGV[2])
@@ -185,9 +204,12 @@ return data
 """
 )
 
-# KEYS: hash, lock. ARGV: token, lease ms. 2: no such session, 1: taken, 0: held by another.
+# KEYS: hash, lock. ARGV: token, lease ms. 2: no such session (or it is moving: the request reads
+# it and finds where it went), 1: taken, 0: held by another.
 LOCK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], '#m') == 1 then
+  return 2
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
@@ -201,3 +223,93 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# --- an ID change across slots: out of the old slot, into the new one, then the old is gone -----
+# The move commits when MOVE_IN writes the new hash: before, the old ID is the session; after,
+# the new one (a reader of a moving old ID asks whether the new hash exists). No moment has both
+# or neither. The move's lease is in the servers' time (TIME): MOVE_IN refuses once it is within
+# ARGV[1] seconds of running out, and MOVE_ABORT takes the mark off only after it ran out, so an
+# abandoned move can never commit after it was aborted.
+
+NOW = """
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: old hash, old lock. ARGV: new id, lease seconds. Returns false if the session is gone,
+# {'#m', target, lease} if a move marked it already, else: hash PTTL, lock value, lock PTTL,
+# lease, then the hash's field/values.
+MOVE_OUT = (
+    NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local moving = redis.call('HMGET', KEYS[1], '#m', '#t')
+if moving[1] then return {'#m', moving[1], moving[2]} end
+local lease = string.format('%.6f', server_now() + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], '#m', ARGV[1], '#t', lease)
+local result = {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or '',
+                redis.call('PTTL', KEYS[2]), lease}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= '#m' and all[i] ~= '#t' then
+    result[#result + 1] = all[i]
+    result[#result + 1] = all[i + 1]
+  end
+end
+return result
+"""
+)
+
+# KEYS: new hash, new index, new lock. ARGV: margin seconds, lease, new id, prefix, hash PTTL,
+# lock value, lock PTTL, deadline ('' for none), principal, then field/value pairs.
+# 1: moved in; 0: too late (the lease is about to run out) or the new ID is taken.
+MOVE_IN = (
+    PRELUDE
+    + NOW
+    + """
+if server_now() > tonumber(ARGV[2]) - tonumber(ARGV[1]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('ZADD', KEYS[2], ARGV[8] == '' and '+inf' or ARGV[8], ARGV[3])
+if ARGV[9] ~= '' then
+  redis.call('SADD', ARGV[4] .. ARGV[9], ARGV[3])
+  keep_principal(ARGV[4] .. ARGV[9], KEYS[1])
+end
+if ARGV[6] ~= '' and tonumber(ARGV[7]) > 0 then
+  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
+end
+return 1
+"""
+)
+
+# KEYS: old hash, old index, old lock. ARGV: old id, new id, prefix. The move committed: the old
+# hash goes, with its index entries (only if it is still marked for this move).
+MOVE_DONE = (
+    PRELUDE
+    + """
+if redis.call('HGET', KEYS[1], '#m') ~= ARGV[2] then return 0 end
+unindex(KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return redis.call('DEL', KEYS[1])
+"""
+)
+
+# KEYS: old hash. ARGV: new id, '1' to take the mark off (else only look). Returns 'gone' (no old
+# hash), 'clear' (not marked for this move), 'runs' (its lease still runs), 'over' (it ran out;
+# taken off if asked).
+MOVE_ABORT = (
+    NOW
+    + """
+local moving = redis.call('HMGET', KEYS[1], '#m', '#t')
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+if moving[1] ~= ARGV[1] then return 'clear' end
+if server_now() <= tonumber(moving[2]) then return 'runs' end
+if ARGV[2] == '1' then redis.call('HDEL', KEYS[1], '#m', '#t') end
+return 'over'
+"""
+)

@@ -1,0 +1,123 @@
+"""ID changes that move a session to another slot of a Redis Cluster (no ``RENAME`` across slots).
+
+Servlet 3.1 ``changeSessionId()`` keeps the session and gives it a new ID. When the new ID's
+shard is another slot, ``RedisStore`` moves it in three one-slot steps:
+
+1. ``MOVE_OUT`` marks the old hash as moving (``#m`` the new ID, ``#t`` a lease in the servers'
+   time) and returns its contents. From now on it is read but never written: a save, a delete, a
+   claim or a lock of it first asks this module where the session is.
+2. ``MOVE_IN`` writes the new hash, its deadline and principal entries, and the lock: the move
+   commits here. It refuses once the lease is about to run out.
+3. ``MOVE_DONE`` removes the old hash and its index entries. If it fails, whoever next meets the
+   marked old hash sees the new one exists and finishes the job.
+
+So at every moment exactly one of the IDs is the session: the old one until ``MOVE_IN``, the new
+one after. A move abandoned before ``MOVE_IN`` (its process died, the new slot's node was down)
+is taken back by ``MOVE_ABORT`` once its lease has run out; until then the old ID can be read
+but writes to it answer 503 (retry), never lost or applied to a session about to move.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from ..errors import StoreUnavailableError
+from .redis_scripts import MOVE_ABORT, MOVE_DONE, MOVE_IN, MOVE_OUT
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+logger = logging.getLogger("servletsession")
+
+#: Seconds a move may take from MOVE_OUT to MOVE_IN (server time), and the part of it kept clear
+#: of the end, for the clocks of two cluster nodes to disagree by.
+LEASE, MARGIN = 5.0, 2.0
+
+
+class Where(Enum):
+    """Where a session marked as moving is."""
+
+    GONE = "gone"  # the new ID is the session (or the session ended): the old one is not
+    MOVING = "moving"  # the move has not committed and may still
+    BACK = "back"  # the move was abandoned and taken back: the old ID is the session again
+
+
+class MovingSessions:
+    """The moves of one ``RedisStore``."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        register = store.client.register_script
+        self._out = register(MOVE_OUT)
+        self._in = register(MOVE_IN)
+        self._done = register(MOVE_DONE)
+        self._abort = register(MOVE_ABORT)
+
+    async def move(self, old_id: str, new_id: str) -> bool:
+        """Give the session ``old_id`` the ID ``new_id`` in another slot; ``False`` if there is no
+        session ``old_id`` any more (ended, or moved by another process)."""
+        store, layout = self._store, self._store.layout
+        async with store.answering():
+            out = await self._out(keys=[layout.key(old_id), layout.lock_key(old_id)],
+                                  args=[new_id, LEASE])  # fmt: skip
+            if out and out[0] == b"#m":  # another move marked it first
+                if await self.where(old_id, _text(out[1])) is not Where.BACK:
+                    return False
+                out = await self._out(keys=[layout.key(old_id), layout.lock_key(old_id)],
+                                      args=[new_id, LEASE])  # fmt: skip
+                if out and out[0] == b"#m":
+                    return False
+            if not out:
+                return False
+            hash_ttl, lock_value, lock_ttl, lease = out[0], out[1], out[2], _text(out[3])
+            fields = out[4:]
+            meta = {_text(fields[i]): _text(fields[i + 1])
+                    for i in range(0, len(fields), 2) if fields[i][:1] == b"#"}  # fmt: skip
+            keys = [layout.key(new_id), layout.index_of(new_id), layout.lock_key(new_id)]
+            args = [MARGIN, lease, new_id, layout.principals_of(new_id), hash_ttl, lock_value,
+                    lock_ttl, meta.get("#e", ""), meta.get("#p", ""), *fields]  # fmt: skip
+            moved_in = await self._in(keys=keys, args=args)
+        if not moved_in:
+            raise StoreUnavailableError(
+                "the session could not move to its new ID in time; its ID is unchanged"
+            )
+        try:
+            await self._finish(old_id, new_id)
+        except StoreUnavailableError as exc:  # committed: whoever meets the old hash cleans it
+            logger.warning("a moved session's old hash stays for now (%s)", exc)
+        return True
+
+    async def where(self, old_id: str, new_id: str) -> Where:
+        """Where the session marked as moving from ``old_id`` to ``new_id`` is; a committed move
+        is finished on the way, an abandoned one taken back.
+
+        The lease is looked at *before* the new hash: once it has run out no ``MOVE_IN`` can
+        commit, so a new hash missing then is missing for good, and taking the mark off is safe.
+        """
+        store, layout = self._store, self._store.layout
+        old_key = [layout.key(old_id)]
+        async with store.answering():
+            lease = _text(await self._abort(keys=old_key, args=[new_id, "0"]))
+            if lease == "clear":
+                return Where.BACK
+            if await store.client.exists(layout.key(new_id)):
+                await self._finish(old_id, new_id)
+                return Where.GONE
+            if lease == "gone":
+                return Where.GONE
+            if lease == "runs":
+                return Where.MOVING
+            await self._abort(keys=old_key, args=[new_id, "1"])
+        return Where.BACK
+
+    async def _finish(self, old_id: str, new_id: str) -> None:
+        store, layout = self._store, self._store.layout
+        keys = [layout.key(old_id), layout.index_of(old_id), layout.lock_key(old_id)]
+        async with store.answering():
+            await self._done(keys=keys, args=[old_id, new_id, layout.principals_of(old_id)])
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
