@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -21,14 +23,18 @@ from servletsession import MemoryStore, SessionStore
 from servletsession.stores.redis import RedisStore
 from servletsession.stores.sql import SQLStore
 
+if TYPE_CHECKING:
+    from .servers import PrivateRedisCluster
+
 POSTGRES_URL = os.environ.get(
     "SERVLETSESSION_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("SERVLETSESSION_TEST_REDIS", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-STORE_KINDS = ["memory", "sqlite", "postgresql", "redis"]
-SHARED_KINDS = ["sqlite", "postgresql", "redis"]  # stores that several processes can share
+STORE_KINDS = ["memory", "sqlite", "postgresql", "redis", "redis-cluster"]
+#: Stores that several processes can share ("redis-cluster": a private three-master cluster).
+SHARED_KINDS = ["sqlite", "postgresql", "redis", "redis-cluster"]
 
 _reachable: dict[str, str | None] = {}
 
@@ -66,6 +72,49 @@ async def require(kind: str) -> None:
 
 StoreFactory = Callable[..., SessionStore]
 
+#: The shared cluster's URL while the ``redis_cluster`` fixture is up.
+CLUSTER_URL = [""]
+
+
+def use_cluster(request: pytest.FixtureRequest, kind: str) -> None:
+    """Start the shared cluster if ``kind`` is "redis-cluster" (for tests that make their own
+    stores with :func:`redis_store`)."""
+    if kind == "redis-cluster":
+        request.getfixturevalue("redis_cluster")
+
+
+def redis_store(kind: str, tag: str, store_class: type[RedisStore] = RedisStore,
+                **options: Any) -> RedisStore:  # fmt: skip
+    """A RedisStore of ``kind`` ("redis" or "redis-cluster") under the test prefix of ``tag``."""
+    if kind == "redis-cluster":
+        assert CLUSTER_URL[0], "use_cluster(request, kind) starts the cluster first"
+        return store_class(CLUSTER_URL[0], cluster=True, prefix=f"sstest:{tag}:", **options)
+    return store_class(REDIS_URL, prefix=f"sstest:{tag}:", **options)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """One private Redis Cluster (3 masters, no replicas: see ``servers.PrivateRedisCluster``)
+    shared by the whole test session: started the first time a test asks for it (~3 s), stopped
+    by PID at the end. The "redis-cluster" store kind runs on it (:func:`use_cluster`). Tests
+    must not break it; ``private_redis_cluster`` (servers.py) is one a test may kill nodes of.
+    """
+    from .servers import new_redis_cluster  # servers.py imports this module
+
+    # No kill/restart here, so a longer node timeout: a busy machine must not make the nodes
+    # declare each other failed (the cluster would answer CLUSTERDOWN to every test).
+    cluster = new_redis_cluster(
+        tmp_path_factory.mktemp("redis-cluster"),
+        node_timeout_ms=5000,
+        config={"appendfsync": "everysec"},
+    )
+    CLUSTER_URL[0] = cluster.url
+    try:
+        yield cluster
+    finally:
+        CLUSTER_URL[0] = ""
+        cluster.stop()
+
 
 @pytest.fixture
 async def store_factory(
@@ -73,6 +122,7 @@ async def store_factory(
 ) -> AsyncIterator[StoreFactory]:
     """Makes stores of the test's kind that all share one backend (like several processes)."""
     kind: str = request.param
+    use_cluster(request, kind)
     await require(kind)
     tag = uuid.uuid4().hex[:10]
     made: list[SessionStore] = []
@@ -87,7 +137,7 @@ async def store_factory(
         elif kind == "postgresql":
             store = SQLStore(POSTGRES_URL, table_prefix=f"t{tag}_", **options)  # type: ignore[arg-type]
         else:
-            store = RedisStore(REDIS_URL, prefix=f"sstest:{tag}:", **options)  # type: ignore[arg-type]
+            store = redis_store(kind, tag, **options)
         made.append(store)
         return store
 
@@ -110,6 +160,11 @@ async def _clean(kind: str, tag: str) -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+    elif kind == "redis-cluster":
+        cluster = RedisCluster.from_url(CLUSTER_URL[0])
+        for key in [key async for key in cluster.scan_iter(match=f"sstest:{tag}:*")]:
+            await cluster.delete(key)
+        await cluster.aclose()
 
 
 def stores(*kinds: str) -> pytest.MarkDecorator:

@@ -16,12 +16,13 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -508,3 +509,406 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
 def private_redis(redis_factory: RedisFactory) -> PrivateRedis:
     """One started private redis-server."""
     return redis_factory()
+
+
+# --- Redis Cluster -----------------------------------------------------------------------------
+
+#: ``cluster-node-timeout`` of private clusters, in milliseconds: short, so that a killed master
+#: is marked FAIL (and a replica promoted) within a few seconds, but not so short that a busy
+#: machine makes the nodes suspect each other.
+CLUSTER_NODE_TIMEOUT_MS = 2000
+
+
+@functools.cache
+def redis_server_version() -> tuple[int, ...]:
+    """``redis-server --version``, as a tuple of ints."""
+    argv = ["redis-server", "--version"]
+    output = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", output)
+    assert match is not None, output
+    return tuple(int(part) for part in match.groups())
+
+
+def _free_ports(count: int, taken: set[int], *, bus_offset: int = 0) -> list[int]:
+    """``count`` distinct free ports, none in ``taken``; with ``bus_offset`` each port's
+    ``port + bus_offset`` (the cluster bus, on Redis < 7) must be free and valid too."""
+    ports: list[int] = []
+    for _ in range(1000):
+        port = free_port()
+        if port in taken or port + bus_offset > 65535:
+            continue
+        if bus_offset:
+            with contextlib.suppress(OSError), socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + bus_offset))
+                ports.append(port)
+                taken.update((port, port + bus_offset))
+        else:
+            ports.append(port)
+            taken.add(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError("no free ports for a private Redis Cluster")
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of the test's own: 3 masters (``replicas=True``: and a replica of each, 6
+    nodes) on free loopback ports, each a :class:`PrivateRedis` in ``root/<port>`` with its
+    ``nodes-<port>.conf`` and an AOF fsynced on every write (``appendfsync always``), so that a
+    node killed with SIGKILL and :meth:`restart`-ed rejoins with its slots and its data.
+
+    Node ``i`` is ``nodes[i]`` / ``ports[i]``; right after :meth:`start` nodes 0-2 are the
+    masters (slots 0-5460, 5461-10922, 10923-16383) and nodes 3-5 the replicas. :attr:`url`
+    (``redis://127.0.0.1:<ports[0]>/0``) is for ``redis.asyncio.RedisCluster.from_url``, which
+    discovers the others.
+
+    Redis's default ``cluster-require-full-coverage yes`` is kept: once a master without a
+    replica is marked FAIL (about ``node_timeout_ms`` after it died), *every* node answers
+    CLUSTERDOWN until it is back. Pass ``config={"cluster-require-full-coverage": "no"}`` for
+    the other behaviour.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        replicas: bool = False,
+        node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        count = 6 if replicas else 3
+        taken: set[int] = set()
+        # Redis >= 7 takes the cluster bus port as a setting; older ones use port + 10000, which
+        # must then be free too (and below 65536, so not every ephemeral port will do).
+        cluster_port = redis_server_version() >= (7,)
+        ports = _free_ports(count, taken, bus_offset=0 if cluster_port else 10000)
+        bus_ports = _free_ports(count, taken) if cluster_port else [None] * count
+        self.nodes: list[PrivateRedis] = []
+        for port, bus_port in zip(ports, bus_ports, strict=True):
+            directory = root / str(port)
+            directory.mkdir(parents=True)
+            options = {
+                "cluster-enabled": "yes",
+                "cluster-config-file": f"nodes-{port}.conf",
+                "cluster-node-timeout": str(node_timeout_ms),
+                "appendonly": "yes",
+                "appendfsync": "always",
+                # A replica's first sync now, not after the default 5 s diskless delay: until
+                # then it could not take over from its master.
+                "repl-diskless-sync-delay": "0",
+                **(config or {}),
+            }
+            if bus_port is not None:
+                options["cluster-port"] = str(bus_port)
+            node = PrivateRedis(directory, options=options)
+            node.port = port
+            self.nodes.append(node)
+
+    # --- addresses ---
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [node.pid for node in self.nodes]
+
+    def running(self, i: int) -> bool:
+        process = self.nodes[i].process
+        return process is not None and process.poll() is None
+
+    # --- control ---
+
+    def start(self, *, seconds: float = 60) -> None:
+        """Start every node, join them into one cluster, wait until all say cluster_state:ok.
+        Stops whatever it started if that fails."""
+        try:
+            for node in self.nodes:
+                node.start(wait=False)
+            for node in self.nodes:
+                node.wait_listening()
+            argv = ["redis-cli", "--cluster", "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports), "--cluster-yes"]  # fmt: skip
+            if self.replicas:
+                argv += ["--cluster-replicas", "1"]
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=seconds, check=False
+            )
+            if result.returncode != 0 or "[OK] All 16384 slots covered" not in result.stdout:
+                raise RuntimeError(
+                    f"redis-cli --cluster create exited {result.returncode}:\n"
+                    f"{result.stdout}\n{result.stderr}"
+                )
+            self.wait_ok(seconds)
+            if self.replicas:
+                self._order_masters_first()
+        except BaseException:
+            self.stop()
+            raise
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` by its PID, and reap it. Its nodes.conf and AOF stay."""
+        self.nodes[i].kill()
+
+    def restart(self, i: int, *, wait: bool = True, seconds: float = 30) -> None:
+        """Start node ``i`` again on its port and in its directory: it reloads its AOF and
+        nodes.conf and rejoins. With ``wait``, returns once every node says cluster_state:ok."""
+        if self.running(i):
+            raise RuntimeError(f"node {i} (port {self.ports[i]}) is still running")
+        self.nodes[i].start()
+        if wait:
+            self.wait_ok(seconds)
+
+    def stop(self) -> None:
+        """Teardown: stop the nodes this cluster started, by PID (SIGTERM, SIGKILL after 5 s);
+        remove its directory."""
+        try:
+            for node in self.nodes:
+                if node.process is None or node.process.poll() is not None:
+                    continue
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.process.pid, signal.SIGCONT)  # in case a test left it stopped
+                # SIGTERM first: redis-server then ends its forked children (an AOF rewrite)
+                # too, which a SIGKILL would leave running for a moment.
+                with contextlib.suppress(Exception):
+                    stop_process(node.process, grace=5)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # --- state ---
+
+    def client(self, i: int) -> redis.Redis:
+        """A plain (non-cluster) client of node ``i`` that fails fast; close it after use."""
+        return redis.Redis(port=self.ports[i], socket_connect_timeout=0.5, socket_timeout=2,
+                           retry=Retry(NoBackoff(), 0), decode_responses=True)  # fmt: skip
+
+    def cluster_info(self, i: int) -> dict[str, str]:
+        """Node ``i``'s ``CLUSTER INFO``, as strings."""
+        client = self.client(i)
+        try:
+            reply = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+        finally:
+            client.close()
+        if not isinstance(reply, dict):
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            reply = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return {str(name): str(value).strip() for name, value in reply.items()}
+
+    def healthy(self) -> bool:
+        """Every node runs and says cluster_state:ok, knows every node and sees every slot
+        served (none in PFAIL/FAIL); with replicas, all agree on 3 masters and every replica's
+        link to its master is up."""
+        try:
+            infos = [self.cluster_info(i) for i in range(len(self.nodes))]
+        except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+            return False
+        if not all(
+            info.get("cluster_state") == "ok"
+            and info.get("cluster_known_nodes") == str(len(self.nodes))
+            and info.get("cluster_slots_ok") == "16384"
+            for info in infos
+        ):
+            return False
+        if not self.replicas:
+            return True
+        return self.roles_settled() and all(self.replica_synced(i) for i in range(len(self.nodes)))
+
+    def replica_synced(self, i: int) -> bool:
+        """Node ``i`` is a master, or a replica whose link to its master is up (its ``ROLE``
+        says ``connected``: the initial sync is over)."""
+        client = self.client(i)
+        try:
+            role = client.execute_command("ROLE")
+        except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+            return False
+        finally:
+            client.close()
+        return str(role[0]) == "master" or str(role[3]) == "connected"
+
+    def wait_ok(self, seconds: float = 30) -> None:
+        """Until :meth:`healthy` (polled every 50 ms), or RuntimeError after ``seconds``."""
+        self.wait_until(self.healthy, seconds, "cluster_state:ok on every node")
+
+    def wait_state(self, state: str, seconds: float = 30) -> None:
+        """Until every running node says ``cluster_state:<state>`` (``"fail"``: the others have
+        marked a killed master FAIL)."""
+
+        def reached() -> bool:
+            for i in range(len(self.nodes)):
+                if not self.running(i):
+                    continue
+                try:
+                    if self.cluster_info(i).get("cluster_state") != state:
+                        return False
+                except (redis.ConnectionError, redis.TimeoutError):
+                    return False
+            return True
+
+        self.wait_until(reached, seconds, f"cluster_state:{state} on every running node")
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        waiting = _deadline(seconds)
+        while not condition():
+            for i, node in enumerate(self.nodes):
+                if node.process is not None and node.process.poll() not in (None, -9):
+                    raise RuntimeError(f"node {i} exited {node.process.returncode}:\n"
+                                       f"{node.log_tail()}")  # fmt: skip
+            if not waiting():
+                raise RuntimeError(f"no {what} after {seconds} s:\n{self.describe()}")
+            time.sleep(0.05)
+
+    def role(self, i: int) -> str:
+        """``"master"`` or ``"slave"``, as node ``i`` says."""
+        client = self.client(i)
+        try:
+            return str(client.execute_command("ROLE")[0])
+        finally:
+            client.close()
+
+    def node_of_slot(self, slot: int) -> int:
+        """The index of the node that serves ``slot``, as node 0 (or the first running node)
+        sees it."""
+        for i in range(len(self.nodes)):
+            if not self.running(i):
+                continue
+            client = self.client(i)
+            try:
+                ranges = client.execute_command("CLUSTER SLOTS")
+            finally:
+                client.close()
+            for start, end, master, *_ in ranges:
+                if int(start) <= slot <= int(end):
+                    return self.ports.index(int(master[1]))
+            raise RuntimeError(f"slot {slot} is not served: {ranges}")
+        raise RuntimeError("no node is running")
+
+    def node_of_key(self, key: str | bytes) -> int:
+        """The index of the node that serves ``key``'s slot."""
+        from redis.crc import key_slot
+
+        return self.node_of_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def describe(self) -> str:
+        lines = []
+        for i, node in enumerate(self.nodes):
+            state = "running" if self.running(i) else "down"
+            try:
+                info = self.cluster_info(i) if self.running(i) else {}
+            except Exception as exc:
+                info = {"error": repr(exc)}
+            summary = {k: v for k, v in info.items() if k in
+                       ("cluster_state", "cluster_slots_ok", "cluster_slots_pfail",
+                        "cluster_slots_fail", "cluster_known_nodes", "error")}  # fmt: skip
+            lines.append(f"node {i} port {node.port} pid {node.pid} {state} {summary}")
+            lines += [f"    {line}" for line in node.log_tail(5).splitlines()]
+        return "\n".join(lines)
+
+    def cluster_nodes(self, i: int) -> dict[int, tuple[str, str, str]]:
+        """Node ``i``'s ``CLUSTER NODES``: port -> (node id, flags, master id or "-")."""
+        client = self.client(i)
+        try:
+            reply = client.execute_command("CLUSTER NODES")  # redis-py parses it into a dict
+        finally:
+            client.close()
+        if isinstance(reply, str | bytes):
+            text = reply.decode() if isinstance(reply, bytes) else reply
+            rows = [line.split()[:4] for line in text.splitlines() if line.strip()]
+            reply = {
+                address.split("@")[0]: {"node_id": node_id, "flags": flags, "master_id": master}
+                for node_id, address, flags, master in rows
+            }
+        return {
+            int(str(address).rsplit(":", 1)[1]): (
+                str(row["node_id"]),
+                str(row["flags"]),
+                str(row["master_id"]),
+            )
+            for address, row in reply.items()
+        }
+
+    def roles_settled(self) -> bool:
+        """Every node's ``CLUSTER NODES`` has exactly 3 masters, and the others are their
+        replicas (right after ``--cluster create`` a node may not have heard of them yet)."""
+        try:
+            tables = [self.cluster_nodes(i) for i in range(len(self.nodes))]
+        except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+            return False
+        for table in tables:
+            masters = {node_id for node_id, flags, _ in table.values() if "master" in flags}
+            others = [master for _, flags, master in table.values() if "master" not in flags]
+            if len(masters) != 3 or any(master not in masters for master in others):
+                return False
+        return True
+
+    def _order_masters_first(self) -> None:
+        """redis-cli picks the masters; list them first, in slot order, and each replica at its
+        master's index + 3."""
+        self.wait_until(self.roles_settled, 30, "agreement on masters and replicas")
+        table = self.cluster_nodes(0)
+        client = self.client(0)
+        try:
+            ranges = sorted(client.execute_command("CLUSTER SLOTS"))  # by first slot
+        finally:
+            client.close()
+        order = [int(master[1]) for _, _, master, *_ in ranges]
+        for master_port in list(order):
+            master_id = table[master_port][0]
+            order += [port for port, (_, _, master) in table.items() if master == master_id]
+        by_port = {node.port: node for node in self.nodes}
+        assert sorted(order) == sorted(by_port), table
+        self.nodes = [by_port[port] for port in order]
+
+    def __repr__(self) -> str:
+        return f"<PrivateRedisCluster ports={self.ports} dir={self.root}>"
+
+
+@pytest.fixture
+def private_redis_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[PrivateRedisCluster]:
+    """A started Redis Cluster of this test's own (3 masters, no replicas), which the test may
+    kill and restart nodes of; stopped by PID at the end. Parametrize it indirectly with the
+    keyword arguments of :func:`new_redis_cluster`, e.g.
+    ``@pytest.mark.parametrize("private_redis_cluster", [{"replicas": True}], indirect=True)``.
+    For a shared one that tests must not break, see ``redis_cluster`` in conftest.py."""
+    options: dict[str, Any] = dict(getattr(request, "param", {}))
+    cluster = new_redis_cluster(tmp_path / "cluster", **options)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def new_redis_cluster(
+    root: Path,
+    *,
+    replicas: bool = False,
+    node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+    config: Mapping[str, str] | None = None,
+) -> PrivateRedisCluster:
+    """A started :class:`PrivateRedisCluster` in ``root``, or skip (under ``CI=true``: fail)
+    when redis-server or redis-cli is missing."""
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (needed for a private Redis Cluster)")
+    for attempt in range(3):
+        # Fresh free ports on each attempt: another process may take one between free_port()
+        # and redis-server's bind (the node then exits at once, "Address already in use").
+        cluster = PrivateRedisCluster(
+            root, replicas=replicas, node_timeout_ms=node_timeout_ms, config=config
+        )
+        try:
+            cluster.start()  # stops what it started, and removes root, if it fails
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            continue
+        return cluster
+    raise AssertionError("unreachable")
