@@ -478,12 +478,21 @@ async def test_redis_layout_hash_tag_ttl_and_deadline_index(
     session["a"] = "x"
     await manager.release(session)
     key = store.key(session.id)
-    assert key == f"{store.prefix}{{{session.id}}}"  # the hash tag: one Cluster slot per session
+    index = store.layout.index_of(session.id)
+    # One hash tag for the session's hash, its lock and its shard's indexes: one Cluster slot.
+    assert key.startswith(store.prefix)
+    assert key.endswith(f":s:{session.id}")
+    tag = key[len(store.prefix) :].split(":")[0]
+    assert tag.startswith("{")
+    assert tag.endswith("}")
+    assert index == f"{store.prefix}{tag}:expiries"
+    assert store.layout.lock_key(session.id) == f"{store.prefix}{tag}:l:{session.id}"
+    assert store.layout.principals_of(session.id).startswith(f"{store.prefix}{tag}:")
     fields = await store.client.hgetall(key)
     assert fields[b"a:a"] == b'["j","x"]'
     assert {b"#c", b"#l", b"#e", b"#i", b"#a"} <= set(fields)
     ttl = await store.client.pttl(key)
     # deadline (interval + pad, pad = min(save_period, 10 % of the interval)) + grace
     assert (60 + 6 + 100) * 1000 - 2000 < ttl <= (60 + 6 + 100) * 1000
-    score = await store.client.zscore(f"{store.prefix}expiries", session.id)
+    score = await store.client.zscore(index, session.id)
     assert score == pytest.approx(clock.now + 60 + 6)

@@ -585,6 +585,41 @@ async def test_a_hung_redis_times_out_as_unavailable(
     assert redis_unavailable(error)
 
 
+async def test_a_hung_redis_gives_503_within_the_store_timeout_and_no_stale_reply(
+    private_redis: PrivateRedis,
+) -> None:
+    """RedisStore bounds each operation itself (``socket_timeout``); the connection a timed-out
+    operation used is dropped, so no later operation reads the reply it left behind."""
+    from servletsession import StoreUnavailableError
+    from servletsession.stores.base import SessionWrite, StoredSession
+    from servletsession.stores.redis import RedisStore
+
+    store = RedisStore(f"redis://127.0.0.1:{private_redis.port}/0", socket_timeout=0.2)
+    session_id, now = new_session_id(), 1_700_000_000.0
+    record = StoredSession(creation_time=now, last_access=now, expires_at=now + 60,
+                           max_inactive_interval=60, absolute_timeout=None, principal=None,
+                           attributes={"a": b'["j",1]'})  # fmt: skip
+    try:
+        await store.create(session_id, record, now)
+        assert private_redis.pid is not None
+        os.kill(private_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match=r"did not answer within 0\.2 s"):
+                await store.save(session_id, SessionWrite(written={"a": b'["j",2]'}), now)
+            assert time.monotonic() - started < 1.5
+        finally:
+            os.kill(private_redis.pid, signal.SIGCONT)
+        for _ in range(5):  # a stale reply would answer one of these with another's data
+            assert await store.load(new_session_id(), now, touch=False) is None
+            found = await store.load(session_id, now, touch=False)
+            assert found is not None
+            assert found.attributes is not None
+            assert found.attributes["a"] in (b'["j",1]', b'["j",2]')
+    finally:
+        await store.close()
+
+
 async def _maxclients(factory: RedisFactory, clients: RedisClients) -> Exception:
     server = factory(maxclients="1")
     holder = clients(server.port)

@@ -493,16 +493,16 @@ async def test_redis_principal_sets_end_with_their_sessions(
         for i, device in enumerate(leaving):
             path = "/login-rotating" if i % 2 else "/login"
             await device.post(app, path, params={"user": "leaver"})
-        assert await client.exists(store.prefix + "principal:leaver") == 1
+        assert await client.exists(store.layout.principals(0) + "leaver") == 1
         for device in leaving:
             await device.post(app, "/invalidate")
-        assert await client.exists(store.prefix + "principal:leaver") == 0
+        assert await client.exists(store.layout.principals(0) + "leaver") == 0
 
         staying = browsers()
         await staying.post(app, "/login-rotating", params={"user": "stayer"})
         session_key, principal_key = (
             store.key(staying.session_id),
-            store.prefix + "principal:stayer",
+            store.layout.principals(0) + "stayer",
         )
         for _ in range(3):  # the session's TTL moves on; the principal set's follows it
             set_ttl, key_ttl = await ttls(client, principal_key, session_key)
@@ -524,7 +524,8 @@ async def test_a_redis_principal_set_goes_when_its_session_key_expires_by_ttl(
     try:
         browser = browsers()
         await browser.post(app, "/login-rotating", params={"user": "ttl"})
-        session_key, principal_key = store.key(browser.session_id), store.prefix + "principal:ttl"
+        session_key = store.key(browser.session_id)
+        principal_key = store.layout.principals(0) + "ttl"
         set_ttl, key_ttl = await ttls(client, principal_key, session_key)
         assert 0 < set_ttl <= key_ttl
         for _ in range(40):  # Redis drops the key by its TTL (~50 ms), not the reaper

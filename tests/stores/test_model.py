@@ -69,7 +69,7 @@ from servletsession.stores.redis import RedisStore
 from servletsession.stores.sql import SQLStore
 
 from ..conftest import FakeClock
-from .conftest import POSTGRES_URL, REDIS_URL, STORE_KINDS, _clean, require
+from .conftest import POSTGRES_URL, STORE_KINDS, _clean, redis_store, require, use_cluster
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ ACTIONS = ("set", "set", "remove", "principal", "change_id", "login", "invalidat
 PRINCIPAL = "u"
 MAX_LIVE = 4  # sessions not yet ended
 MAX_OPEN = 6
-PROCESSES = {"memory": 1, "sqlite": 2, "postgresql": 2, "redis": 2}
+PROCESSES = {"memory": 1, "sqlite": 2, "postgresql": 2, "redis": 2, "redis-cluster": 2}
 
 SETTINGS = settings(
     max_examples=40,
@@ -279,7 +279,7 @@ class ModelMachine(RuleBasedStateMachine):
             return sql(f"sqlite+aiosqlite:///{self.tmp}/sessions.db", save_period=0)
         if self.kind == "postgresql":
             return sql(POSTGRES_URL, table_prefix=f"t{self.tag}_", save_period=0)
-        return redis(REDIS_URL, prefix=f"sstest:{self.tag}:", save_period=0)
+        return redis_store(self.kind, self.tag, redis, save_period=0)
 
     def teardown(self) -> None:
         manager_module.new_session_id = self._real_new_id
@@ -1102,7 +1102,8 @@ class ModelMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
-def test_concurrent_requests_follow_the_model(kind: str) -> None:
+def test_concurrent_requests_follow_the_model(kind: str, request: pytest.FixtureRequest) -> None:
+    use_cluster(request, kind)
     asyncio.run(require(kind))
     machine = type(f"ModelMachine_{kind}", (ModelMachine,), {"kind": kind})
     run_state_machine_as_test(machine, settings=SETTINGS)
@@ -1236,9 +1237,12 @@ REGRESSIONS: dict[str, list[Step]] = {
 
 @pytest.mark.parametrize("name", sorted(REGRESSIONS))
 @pytest.mark.parametrize("kind", STORE_KINDS)
-def test_found_sequences_follow_the_model(kind: str, name: str) -> None:
+def test_found_sequences_follow_the_model(
+    kind: str, name: str, request: pytest.FixtureRequest
+) -> None:
     """Sequences the state machine found failing, replayed step by step with every invariant
     checked after each step (on MemoryStore too, where they must simply hold)."""
+    use_cluster(request, kind)
     asyncio.run(require(kind))
     machine = type(f"ModelMachine_{kind}", (ModelMachine,), {"kind": kind})()
     invariants = [

@@ -31,7 +31,7 @@ from servletsession.stores.sql import SQLStore
 
 from ..conftest import FakeClock, make_app
 from ..conftest import login as readme_login
-from .conftest import POSTGRES_URL, REDIS_URL, SHARED_KINDS, _clean, require
+from .conftest import POSTGRES_URL, SHARED_KINDS, _clean, redis_store, require, use_cluster
 from .helpers import Browser
 from .test_model import FlakyRedisStore, FlakySQLStore
 
@@ -104,7 +104,7 @@ class Backend:
             return sql(f"sqlite+aiosqlite:///{self.tmp_path}/sessions.db", save_period=0)
         if self.kind == "postgresql":
             return sql(POSTGRES_URL, table_prefix=f"t{self.tag}_", save_period=0)
-        return redis(REDIS_URL, prefix=f"sstest:{self.tag}:", save_period=0)
+        return redis_store(self.kind, self.tag, redis, save_period=0)
 
     def process(self, **options: Any) -> SessionManager:
         """A new process: its own store object (``.store.down`` is an outage) and manager."""
@@ -146,6 +146,7 @@ async def backend(
 ) -> AsyncIterator[Backend]:
     """A shared store of each kind (unreachable: skipped, or failed under CI=true)."""
     kind: str = request.param
+    use_cluster(request, kind)
     await require(kind)
     made = Backend(kind, tmp_path, clock)
     try:
