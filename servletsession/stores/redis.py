@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from ..cookies import session_ref
 from ..errors import StoreUnavailableError
@@ -125,14 +127,14 @@ class RedisStore(SerializingStore):
         args: list[str | int] = [repr(now), repr(self.save_period), self._grace_ms,
                                  self.layout.principals_of(session_id), mode,
                                  "1" if attributes else "0"]  # fmt: skip
-        async with self.answering():
-            data = await self._load(keys=[self.key(session_id)], args=args)
-            if data and data[6]:  # an ID change is moving it: is the move done?
-                where = await self.moves.where(session_id, _text(data[6]))
-                if where is Where.GONE:
-                    return None
-                if where is Where.BACK and mode != "0":  # read again, recording the access
-                    data = await self._load(keys=[self.key(session_id)], args=args)
+        key = [self.key(session_id)]
+        data = await self._run(self._load, key, args)
+        if data and data[6]:  # an ID change is moving it: is the move done?
+            where = await self.moves.where(session_id, _text(data[6]))
+            if where is Where.GONE:
+                return None
+            if where is Where.BACK and mode != "0":  # read again, recording the access
+                data = await self._run(self._load, key, args)
         if not data:
             return None
         try:
@@ -159,8 +161,7 @@ class RedisStore(SerializingStore):
                 session.max_inactive_interval, absolute, session.principal or "",
                 *fields]  # fmt: skip
         keys = [self.key(session_id), self.layout.index_of(session_id)]
-        async with self.answering():
-            await self._create(keys=keys, args=args)
+        await self._run(self._create, keys, args)
 
     async def save(
         self, session_id: str, write: SessionWrite, now: float, *, again: bool = True
@@ -174,8 +175,7 @@ class RedisStore(SerializingStore):
                 "1" if write.principal_changed else "0", write.principal or "",
                 "1" if write.timeouts_changed else "0", write.max_inactive_interval, absolute,
                 len(write.written), *fields, *write.removed]  # fmt: skip
-        async with self.answering():
-            result = await self._save(keys=self._keys(session_id), args=args)
+        result = await self._run(self._save, self._keys(session_id), args)
         if isinstance(result, list):  # moving to a new ID
             where = await self.moves.where(session_id, _text(result[1]))
             if where is Where.BACK and again:
@@ -195,8 +195,7 @@ class RedisStore(SerializingStore):
 
     async def delete(self, session_id: str) -> bool:
         args = [session_id, self.layout.principals_of(session_id)]
-        async with self.answering():
-            removed = await self._delete(keys=self._keys(session_id), args=args)
+        removed = await self._run(self._delete, self._keys(session_id), args)
         if isinstance(removed, list):  # moving to a new ID: delete it where it is
             where = await self.moves.where(session_id, _text(removed[1]))
             if where is Where.MOVING:
@@ -209,14 +208,13 @@ class RedisStore(SerializingStore):
 
     async def _claim_one(self, session_id: str, now: float, refile: str) -> StoredSession | None:
         args = [repr(now), session_id, self.layout.principals_of(session_id), refile]
-        async with self.answering():
-            data = await self._claim(keys=self._keys(session_id), args=args)
-            if data and data[0] == b"#m":  # moving: claimed only if the move was taken back
-                if await self.moves.where(session_id, _text(data[1])) is not Where.BACK:
-                    return None
-                data = await self._claim(keys=self._keys(session_id), args=args)
-                if data and data[0] == b"#m":
-                    return None
+        data = await self._run(self._claim, self._keys(session_id), args)
+        if data and data[0] == b"#m":  # moving: claimed only if the move was taken back
+            if await self.moves.where(session_id, _text(data[1])) is not Where.BACK:
+                return None
+            data = await self._run(self._claim, self._keys(session_id), args)
+            if data and data[0] == b"#m":
+                return None
         return _from_hash(data) if data else None
 
     async def rename(self, old_id: str, new_id: str) -> bool:
@@ -225,10 +223,7 @@ class RedisStore(SerializingStore):
             return await self.moves.move(old_id, new_id)
         keys = [layout.key(old_id), layout.key(new_id), layout.index_of(old_id),
                 layout.lock_key(old_id), layout.lock_key(new_id)]  # fmt: skip
-        async with self.answering():
-            moved = await self._rename(
-                keys=keys, args=[old_id, new_id, layout.principals_of(old_id)]
-            )
+        moved = await self._run(self._rename, keys, [old_id, new_id, layout.principals_of(old_id)])
         return bool(moved)
 
     async def claim_expired(
@@ -360,20 +355,17 @@ class RedisStore(SerializingStore):
 
     async def acquire_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
         keys = [self.key(session_id), self.layout.lock_key(session_id)]
-        async with self.answering():
-            taken = await self._lock(keys=keys, args=[token, max(1, int(lease * 1000))])
+        taken = await self._run(self._lock, keys, [token, max(1, int(lease * 1000))])
         return bool(taken)
 
     async def renew_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
-        async with self.answering():
-            renewed = await self._renew(
-                keys=[self.layout.lock_key(session_id)], args=[token, max(1, int(lease * 1000))]
-            )
+        renewed = await self._run(
+            self._renew, [self.layout.lock_key(session_id)], [token, max(1, int(lease * 1000))]
+        )
         return bool(renewed)
 
     async def release_lock(self, session_id: str, token: str) -> None:
-        async with self.answering():
-            await self._unlock(keys=[self.layout.lock_key(session_id)], args=[token])
+        await self._run(self._unlock, [self.layout.lock_key(session_id)], [token])
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -387,6 +379,30 @@ class RedisStore(SerializingStore):
             for shard in range(self.layout.shards):
                 command(pipe, shard)
             return list(await pipe.execute())
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One script, bounded by ``socket_timeout``, failures as in :meth:`answering` (the hot
+        path: ``EVALSHA`` straight on the client, loading the script where a node lacks it)."""
+        client = self.client
+        try:
+            async with asyncio.timeout(self.timeout):
+                try:
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    script.sha = await client.script_load(script.script)
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"Redis session store did not answer within {self.timeout} s"
+            ) from exc
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            if redis_unavailable(exc):
+                raise StoreUnavailableError(
+                    f"Redis session store unavailable: {describe(exc)}"
+                ) from exc
+            raise
 
     @contextlib.asynccontextmanager
     async def answering(self) -> AsyncIterator[None]:
