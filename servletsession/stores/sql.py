@@ -1,12 +1,15 @@
 """``SQLStore``: sessions in SQLite (embedded) or PostgreSQL, through SQLAlchemy 2 async Core.
 
-Two tables: one row per session (metadata, indexed on its deadline and principal) and one row per
-attribute, so a request writes only the attributes it changed — concurrent requests that change
-different attributes of one session both persist. Attribute writes are upserts
+Two tables (``sql_schema.py``): a request writes only the attributes it changed, so concurrent
+requests that change different attributes of one session both persist. Attribute writes are upserts
 (``INSERT … ON CONFLICT DO UPDATE``), safe against concurrent inserts of the same attribute.
 
 Expired sessions are claimed with ``DELETE … RETURNING``: of several reapers (processes), exactly
 one gets each session back, and fires its ``session_destroyed``.
+
+On PostgreSQL through asyncpg, what every request does — load, save, touch, create — goes around
+SQLAlchemy's execution layer as one statement each (``postgres.py``): that is where the round trips
+and the time of a request were.
 """
 
 from __future__ import annotations
@@ -19,47 +22,29 @@ from collections.abc import AsyncIterator, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    Column,
-    Double,
-    ForeignKey,
-    Index,
-    Integer,
     MetaData,
-    String,
-    Table,
-    Text,
     delete,
-    event,
     func,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
 from .faults import describe, sql_unavailable
-from .serializing import MAX_NAME_LENGTH, SerializingStore
+from .postgres import PostgresPath, check_liveness_on_checkout
+from .serializing import SerializingStore
+from .sql_schema import engine_for, session_tables
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
 logger = logging.getLogger("servletsession")
-
-_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-}
-
-
-def _async_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{_DRIVERS.get(scheme, scheme)}{sep}{rest}"
 
 
 class SQLStore(SerializingStore):
@@ -78,48 +63,19 @@ class SQLStore(SerializingStore):
         create_tables: bool = True,
     ) -> None:
         super().__init__(models=models, save_period=save_period)
-        self.engine = (
-            url
-            if isinstance(url, AsyncEngine)
-            else create_async_engine(_async_url(url), pool_pre_ping=True, hide_parameters=True)
-        )
-        # Statement parameters are session IDs: never in an error message (nor a log line).
-        self.engine.sync_engine.hide_parameters = True
+        self.engine = engine_for(url)
         self._is_sqlite = self.engine.dialect.name == "sqlite"
-        if self._is_sqlite:
-            _serialize_sqlite_writers(self.engine)
+        postgres = (
+            self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "asyncpg"
+        )
+        if postgres:
+            check_liveness_on_checkout(self.engine)
         self._create = create_tables
         self._ready = not create_tables
         self._ready_lock = asyncio.Lock()
-        metadata = MetaData()
-        self.sessions = Table(
-            f"{table_prefix}sessions",
-            metadata,
-            Column("id", String(64), primary_key=True),
-            Column("creation_time", Double, nullable=False),
-            Column("last_access", Double, nullable=False),
-            Column("expires_at", Double, nullable=True),  # NULL: never idles out
-            Column("max_inactive_interval", Integer, nullable=False),
-            Column("absolute_timeout", Double, nullable=True),
-            Column("principal", String(255), nullable=True),
-            Column("lock_token", String(64), nullable=True),
-            Column("lock_until", Double, nullable=True),
-            Index(f"{table_prefix}sessions_expires_at", "expires_at"),
-            Index(f"{table_prefix}sessions_principal", "principal"),
-        )
-        self.attributes = Table(
-            f"{table_prefix}attributes",
-            metadata,
-            Column(
-                "session_id",
-                String(64),
-                ForeignKey(self.sessions.c.id, ondelete="CASCADE", onupdate="CASCADE"),
-                primary_key=True,
-            ),
-            Column("name", String(MAX_NAME_LENGTH), primary_key=True),
-            Column("value", Text, nullable=False),
-        )
-        self.metadata = metadata
+        self.metadata = MetaData()
+        self.sessions, self.attributes = session_tables(self.metadata, table_prefix)
+        self._pg = PostgresPath(self.engine, self.sessions, self.attributes) if postgres else None
         insert = (sqlite if self._is_sqlite else postgresql).insert
         upsert = insert(self.attributes)
         self._upsert = upsert.on_conflict_do_update(
@@ -159,6 +115,9 @@ class SQLStore(SerializingStore):
     async def load(
         self, session_id: str, now: float, *, touch: bool = True, attributes: bool = True
     ) -> StoredSession | None:
+        if self._pg is not None:
+            await self._prepare()
+            return await self._pg.load(self, session_id, now, touch=touch, attributes=attributes)
         s, a = self.sessions.c, self.attributes.c
         query = self._meta().where(s.id == session_id)
         if attributes:  # one statement: the session row joined with its attribute rows
@@ -182,6 +141,9 @@ class SQLStore(SerializingStore):
         return stored
 
     async def touch(self, session_id: str, now: float) -> float | None:
+        if self._pg is not None:
+            await self._prepare()
+            return await self._pg.touch(self, session_id, now)
         s = self.sessions.c
         async with self._transaction() as conn:
             row = (await conn.execute(self._meta().where(s.id == session_id))).first()
@@ -199,6 +161,9 @@ class SQLStore(SerializingStore):
         return stored.expires_at
 
     async def create(self, session_id: str, session: StoredSession, now: float) -> None:
+        if self._pg is not None:
+            await self._prepare()
+            return await self._pg.create(session_id, session)
         async with self._transaction() as conn:
             await conn.execute(
                 self.sessions.insert().values(
@@ -215,6 +180,9 @@ class SQLStore(SerializingStore):
                 await self._write(conn, session_id, session.attributes)
 
     async def save(self, session_id: str, write: SessionWrite, now: float) -> float | None:
+        if self._pg is not None:
+            await self._prepare()
+            return await self._pg.save(self, session_id, write, now)
         s, a = self.sessions.c, self.attributes.c
         async with self._transaction() as conn:
             query = self._meta().where(s.id == session_id)
@@ -394,10 +362,8 @@ class SQLStore(SerializingStore):
     @contextlib.asynccontextmanager
     async def _transaction(self, prepare: bool = True) -> AsyncIterator[AsyncConnection]:
         """A transaction; connection failures become ``StoreUnavailableError``."""
-        if prepare and not self._ready:
-            async with self._ready_lock:
-                if not self._ready:
-                    await self.create_tables()
+        if prepare:
+            await self._prepare()
         try:
             async with self.engine.begin() as conn:
                 yield conn
@@ -409,6 +375,13 @@ class SQLStore(SerializingStore):
                     f"SQL session store unavailable: {describe(exc)}"
                 ) from exc
             raise
+
+    async def _prepare(self) -> None:
+        """Create the tables on first use (if ``create_tables``)."""
+        if not self._ready:
+            async with self._ready_lock:
+                if not self._ready:
+                    await self.create_tables()
 
     def __repr__(self) -> str:
         return f"<SQLStore {self.engine.url.render_as_string(hide_password=True)}>"
@@ -427,21 +400,3 @@ def _stored(row: Any) -> StoredSession:
         absolute_timeout=row.absolute_timeout,
         principal=row.principal,
     )
-
-
-def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
-    """SQLite: foreign keys on, WAL, and ``BEGIN IMMEDIATE`` so that concurrent writers queue
-    (busy timeout) instead of failing when two transactions both try to upgrade to writing."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -6,12 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from sqlalchemy import event
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from servletsession import SessionManager
+from servletsession import SessionManager, get_session
 from servletsession.stores.redis import RedisStore
 from servletsession.stores.sql import SQLStore
 
@@ -97,8 +101,8 @@ async def test_redis_request_without_a_session_costs_nothing(
     await browser.close()
 
 
-@stores("sqlite", "postgresql")
-async def test_sql_statements_per_request(store_factory: StoreFactory, clock: FakeClock) -> None:
+@stores("sqlite")
+async def test_sqlite_statements_per_request(store_factory: StoreFactory, clock: FakeClock) -> None:
     store = store_factory(save_period=30)
     assert isinstance(store, SQLStore)
     statements: list[str] = []
@@ -123,3 +127,115 @@ async def test_sql_statements_per_request(store_factory: StoreFactory, clock: Fa
     # and the one attribute; no metadata rewritten.
     assert statements == ["SELECT", "UPDATE", "SELECT", "INSERT"]
     await browser.close()
+
+
+class DriverLog:
+    """Every statement a PostgreSQL store's connections send, counted at the driver: asyncpg's
+    query log (the statements the store sends through asyncpg, and the ``BEGIN``/``COMMIT`` of
+    any transaction) and SQLAlchemy's cursor events (statements sent through SQLAlchemy)."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.statements: list[str] = []
+        engine = store.engine.sync_engine
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(engine, "before_cursor_execute", self._cursor)
+
+    def _checkout(self, dbapi_connection: Any, *args: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(self._logged)
+
+    def _logged(self, record: Any) -> None:
+        self.statements.append(" ".join(record.query.split()))
+
+    def _cursor(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    async def during(self, browser: Browser, app: Any, method: str, path: str,
+                     **options: Any) -> list[str]:  # fmt: skip
+        await self._settle()
+        self.statements.clear()
+        response = await browser.request(app, method, path, **options)
+        assert response.status_code == 200
+        await self._settle()
+        return list(self.statements)
+
+    async def _settle(self) -> None:
+        for _ in range(3):  # asyncpg hands each record to the loggers with call_soon
+            await anyio.lowlevel.checkpoint()
+
+
+def transaction_control(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.split()[0].upper() in {"BEGIN", "COMMIT", "ROLLBACK"}]
+
+
+@stores("postgresql")
+async def test_postgresql_read_only_request_is_one_statement(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    store = store_factory(save_period=30)
+    assert isinstance(store, SQLStore)
+    log = DriverLog(store)
+    app = make_app(SessionManager(store, clock=clock))
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    await browser.get(app, "/get/a")  # the statement is prepared on its connection once
+    # One statement records the access and returns the session with its attributes; no
+    # transaction around it (BEGIN and COMMIT would be round trips of their own).
+    read = await log.during(browser, app, "GET", "/get/a")
+    assert len(read) == 1, read
+    assert read[0].startswith("WITH touched AS (UPDATE")
+    clock.advance(31)  # past save_period: the deadline's renewal rides on the same statement
+    assert await log.during(browser, app, "GET", "/get/a") == read
+    await browser.close()
+
+
+@stores("postgresql")
+async def test_postgresql_writing_request_is_two_statements(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    store = store_factory(save_period=30)
+    assert isinstance(store, SQLStore)
+    log = DriverLog(store)
+    app = make_app(
+        SessionManager(store, clock=clock), [Route("/rewrite", rewrite, methods=["POST"])]
+    )
+    browser = Browser()
+    await browser.post(app, "/set/a", params={"value": "1"})
+    # Writing: the load, then one save that checks, writes and returns the deadline.
+    written = await log.during(browser, app, "POST", "/set/b", params={"value": "2"})
+    assert len(written) == 2, written
+    assert transaction_control(written) == []
+    assert written[1].startswith("WITH old AS (SELECT")
+    # Everything a save can carry at once: a removal, a write, the principal, the timeouts.
+    everything = await log.during(browser, app, "POST", "/rewrite")
+    assert len(everything) == 2, everything
+    assert transaction_control(everything) == []
+    shown = await browser.get(app, "/info")
+    assert shown.json()["names"] == ["b", "c"]
+    assert shown.json()["max_inactive_interval"] == 600
+    await browser.close()
+
+
+async def rewrite(request: Request) -> Response:
+    session = get_session(request)
+    assert session is not None
+    session.remove_attribute("a")
+    session.set_attribute("c", "3")
+    session.principal = "bob"
+    session.max_inactive_interval = 600
+    return Response("rewritten")
+
+
+@stores("postgresql")
+async def test_postgresql_new_session_is_one_statement(
+    store_factory: StoreFactory, clock: FakeClock
+) -> None:
+    store = store_factory(save_period=30)
+    assert isinstance(store, SQLStore)
+    log = DriverLog(store)
+    app = make_app(SessionManager(store, clock=clock))
+    await Browser().post(app, "/set/a", params={"value": "1"})  # tables created
+    fresh = Browser()
+    created = await log.during(fresh, app, "POST", "/set/a", params={"value": "1"})
+    assert len(created) == 1, created
+    assert transaction_control(created) == []
+    await fresh.close()
