@@ -44,8 +44,7 @@ async def measure(count: int, interval: int = 1800) -> ScaleResult:
     for index in range(count):
         clock.now = start_time if index < count // 10 else start_time + 1000
         session = manager.create_session()
-        session._in_flight = 0  # stored as a finished request would leave it, empty
-        await store.save(session, set(), clock.now)
+        await manager.release(session)  # stored as a finished request leaves it, empty
         ids.append(session._id)
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
