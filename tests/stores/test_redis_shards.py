@@ -178,7 +178,14 @@ async def test_change_session_id_across_shards_keeps_everything(store: RedisStor
 
 async def test_indexes_span_every_shard(store: RedisStore) -> None:
     now = 1_700_000_000.0
-    ids = [secrets.token_urlsafe(32) for _ in range(40)]
+    per_shard: dict[int, list[str]] = {shard: [] for shard in range(8)}
+    while any(len(found) < 5 for found in per_shard.values()):  # five in every shard
+        session_id = secrets.token_urlsafe(32)
+        found = per_shard[store.layout.shard_of(session_id)]
+        if len(found) < 5:
+            found.append(session_id)
+    ids = [session_id for found in per_shard.values() for session_id in found]
+    secrets.SystemRandom().shuffle(ids)
     for i, session_id in enumerate(ids):
         await store.create(session_id, record(now - i, "bob" if i % 2 else None), now - i)
     assert len({store.layout.shard_of(session_id) for session_id in ids}) == 8
