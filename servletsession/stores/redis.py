@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -32,7 +32,8 @@ from ..cookies import session_ref
 from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
 from .faults import describe, redis_unavailable
-from .redis_layout import RedisLayout
+from .redis_indexes import ShardedIndexes, from_hash, stored_of
+from .redis_layout import RedisLayout, text
 from .redis_moves import MovingSessions, Where
 from .redis_scripts import CLAIM, CREATE, DELETE, LOAD, LOCK, RENAME, RENEW, SAVE, UNLOCK
 from .serializing import SerializingStore
@@ -46,7 +47,7 @@ logger = logging.getLogger("servletsession")
 CLUSTER_SHARDS = 64
 
 
-class RedisStore(SerializingStore):
+class RedisStore(ShardedIndexes, SerializingStore):
     """Sessions in Redis: ``RedisStore("redis://localhost:6379/0")``, an existing client, or a
     Redis Cluster: ``RedisStore("redis://node:7000", cluster=True)`` or a ``RedisCluster`` client.
 
@@ -66,7 +67,7 @@ class RedisStore(SerializingStore):
         models: Iterable[type[BaseModel]] = (),
         save_period: float = 30.0,
         ttl_grace: float = 3600.0,
-        socket_timeout: float = 5.0,
+        socket_timeout: float | None = 5.0,
         cluster: bool = False,
         shards: int | None = None,
     ) -> None:
@@ -77,8 +78,8 @@ class RedisStore(SerializingStore):
             # per command on Python 3.11): each operation is bounded in ``answering`` instead.
             timeouts: dict[str, Any] = {
                 "socket_timeout": None, "socket_connect_timeout": socket_timeout}  # fmt: skip
-            if cluster:
-                self.client = RedisCluster.from_url(url, **timeouts)
+            if cluster:  # on MOVED, follow the slot; never drop every connection in use
+                self.client = RedisCluster.from_url(url, reinitialize_steps=0, **timeouts)
             else:
                 self.client = aioredis.Redis.from_url(url, **timeouts)
         else:
@@ -130,7 +131,7 @@ class RedisStore(SerializingStore):
         key = [self.key(session_id)]
         data = await self._run(self._load, key, args)
         if data and data[6]:  # an ID change is moving it: is the move done?
-            where = await self.moves.where(session_id, _text(data[6]))
+            where = await self.moves.where(session_id, text(data[6]))
             if where is Where.GONE:
                 return None
             if where is Where.BACK and mode != "0":  # read again, recording the access
@@ -138,7 +139,7 @@ class RedisStore(SerializingStore):
         if not data:
             return None
         try:
-            stored = _stored([_text(value) for value in data[:6]])
+            stored = stored_of([text(value) for value in data[:6]])
         except ValueError as exc:
             logger.warning(
                 "stored session %s has unreadable metadata (%s); treating it as gone",
@@ -147,7 +148,7 @@ class RedisStore(SerializingStore):
             await self.delete(session_id)
             return None
         if attributes:
-            stored.attributes = {_text(data[i]): data[i + 1] for i in range(8, len(data) - 1, 2)}
+            stored.attributes = {text(data[i]): data[i + 1] for i in range(8, len(data) - 1, 2)}
         return stored
 
     async def create(self, session_id: str, session: StoredSession, now: float) -> None:
@@ -177,7 +178,7 @@ class RedisStore(SerializingStore):
                 len(write.written), *fields, *write.removed]  # fmt: skip
         result = await self._run(self._save, self._keys(session_id), args)
         if isinstance(result, list):  # moving to a new ID
-            where = await self.moves.where(session_id, _text(result[1]))
+            where = await self.moves.where(session_id, text(result[1]))
             if where is Where.BACK and again:
                 return await self.save(session_id, write, now, again=False)
             if where is Where.GONE:
@@ -190,17 +191,17 @@ class RedisStore(SerializingStore):
                 "the session's lock was taken over while this request held it (its lease ran "
                 "out); nothing was saved"
             )
-        expires = _text(result)
+        expires = text(result)
         return float(expires) if expires else math.inf
 
     async def delete(self, session_id: str) -> bool:
         args = [session_id, self.layout.principals_of(session_id)]
         removed = await self._run(self._delete, self._keys(session_id), args)
         if isinstance(removed, list):  # moving to a new ID: delete it where it is
-            where = await self.moves.where(session_id, _text(removed[1]))
+            where = await self.moves.where(session_id, text(removed[1]))
             if where is Where.MOVING:
                 raise StoreUnavailableError("the session is changing its ID; nothing was deleted")
-            return await self.delete(_text(removed[1]) if where is Where.GONE else session_id)
+            return await self.delete(text(removed[1]) if where is Where.GONE else session_id)
         return bool(removed)
 
     async def claim(self, session_id: str, now: float) -> StoredSession | None:
@@ -210,12 +211,12 @@ class RedisStore(SerializingStore):
         args = [repr(now), session_id, self.layout.principals_of(session_id), refile]
         data = await self._run(self._claim, self._keys(session_id), args)
         if data and data[0] == b"#m":  # moving: claimed only if the move was taken back
-            if await self.moves.where(session_id, _text(data[1])) is not Where.BACK:
+            if await self.moves.where(session_id, text(data[1])) is not Where.BACK:
                 return None
             data = await self._run(self._claim, self._keys(session_id), args)
             if data and data[0] == b"#m":
                 return None
-        return _from_hash(data) if data else None
+        return from_hash(data) if data else None
 
     async def rename(self, old_id: str, new_id: str) -> bool:
         layout = self.layout
@@ -225,133 +226,6 @@ class RedisStore(SerializingStore):
                 layout.lock_key(old_id), layout.lock_key(new_id)]  # fmt: skip
         moved = await self._run(self._rename, keys, [old_id, new_id, layout.principals_of(old_id)])
         return bool(moved)
-
-    async def claim_expired(
-        self, now: float, limit: int, in_use: Collection[str] = ()
-    ) -> list[tuple[str, StoredSession]]:
-        layout = self.layout
-        async with self.answering():
-            per_shard = await self._each_shard(
-                lambda pipe, shard: pipe.zrangebyscore(
-                    layout.index(shard), "-inf", repr(now), start=0, num=limit
-                )
-            )
-            ids = [_text(raw) for due in per_shard for raw in due]
-            busy = [session_id for session_id in ids if session_id in in_use]
-            candidates = [session_id for session_id in ids if session_id not in in_use][:limit]
-            if busy:  # a request of this process is using it: look again in a second
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for session_id in busy:
-                        pipe.zadd(layout.index_of(session_id), {session_id: now + 1.0})
-                    await pipe.execute()
-            results = await self._claims(candidates, now)
-        return [(sid, stored) for sid, stored in zip(candidates, results, strict=True) if stored]
-
-    async def _claims(self, session_ids: list[str], now: float) -> list[StoredSession | None]:
-        """Claim due sessions: in one pipeline on a single server; on a cluster, a few at a time
-        (a script in a cluster pipeline cannot reload itself on a node that lost it)."""
-        if self.cluster:
-            gate = asyncio.Semaphore(16)
-
-            async def claim(session_id: str) -> StoredSession | None:
-                async with gate:
-                    return await self._claim_one(session_id, now, "1")
-
-            return list(await asyncio.gather(*(claim(session_id) for session_id in session_ids)))
-        client = self.client
-        assert not isinstance(client, RedisCluster)
-        async with client.pipeline(transaction=False) as pipe:
-            for session_id in session_ids:
-                args = [repr(now), session_id, self.layout.principals_of(session_id), "1"]
-                await self._claim(keys=self._keys(session_id), args=args, client=pipe)
-            replies = await pipe.execute()
-        claimed: list[StoredSession | None] = []
-        for session_id, data in zip(session_ids, replies, strict=True):
-            if data and data[0] == b"#m":  # moving: the move decides
-                claimed.append(await self._claim_one(session_id, now, "1"))
-            else:
-                claimed.append(_from_hash(data) if data else None)
-        return claimed
-
-    async def count(self) -> int:
-        layout = self.layout
-        async with self.answering():
-            counts = await self._each_shard(lambda pipe, shard: pipe.zcard(layout.index(shard)))
-        return sum(int(count) for count in counts)
-
-    async def sessions_of(self, principal: str, now: float) -> list[str]:
-        layout = self.layout
-        async with self.answering():
-            per_shard = await self._each_shard(
-                lambda pipe, shard: pipe.smembers(layout.principals(shard) + principal)
-            )
-            members = [_text(m) for found in per_shard for m in found]
-            if not members:
-                return []
-            async with self.client.pipeline(transaction=False) as pipe:
-                for session_id in members:
-                    pipe.hmget(self.key(session_id), "#e", "#p", "#m")
-                found = await pipe.execute()
-            live, gone = [], []
-            ids = set(members)
-            for session_id, (expires, bound, moving) in zip(members, found, strict=True):
-                if bound is None or _text(bound) != principal:
-                    gone.append(session_id)  # dropped by its TTL, or moved on: clean the index
-                elif moving is not None and _text(moving) in ids:
-                    continue  # moved: its new ID is listed, the old one goes with the move
-                elif not expires or float(expires) > now:
-                    live.append(session_id)
-            if gone:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for session_id in gone:
-                        pipe.srem(layout.principals_of(session_id) + principal, session_id)
-                    await pipe.execute()
-        return live
-
-    async def session_ids(self, offset: int, limit: int) -> list[str]:
-        """A page of IDs: the shards' deadline indexes one after the other."""
-        layout = self.layout
-        async with self.answering():
-            sizes = [int(size) for size in await self._each_shard(
-                lambda pipe, shard: pipe.zcard(layout.index(shard)))]  # fmt: skip
-            page: list[str] = []
-            for shard, size in enumerate(sizes):
-                if offset >= size:
-                    offset -= size
-                    continue
-                wanted = limit - len(page)
-                if wanted <= 0:
-                    break
-                members = await self.client.zrange(layout.index(shard), offset, offset + wanted - 1)
-                page += [_text(m) for m in members]
-                offset = 0
-        return page
-
-    async def least_recent(self, count: int, now: float) -> list[str]:
-        """The indexes lag touches, so look at a few more candidates than asked in each shard,
-        re-file them by their real deadline, and take the earliest."""
-        layout = self.layout
-        async with self.answering():
-            per_shard = await self._each_shard(
-                lambda pipe, shard: pipe.zrange(layout.index(shard), 0, count * 4 + 3)
-            )
-            candidates = [_text(c) for found in per_shard for c in found]
-            if not candidates:
-                return []
-            async with self.client.pipeline(transaction=False) as pipe:
-                for session_id in candidates:
-                    pipe.hget(self.key(session_id), "#e")
-                deadlines = await pipe.execute()
-            real: dict[str, float] = {}
-            for session_id, expires in zip(candidates, deadlines, strict=True):
-                if expires is not None:
-                    real[session_id] = float(expires) if expires else math.inf
-            if real:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for session_id, deadline in real.items():
-                        pipe.zadd(layout.index_of(session_id), {session_id: min(deadline, 1e300)})
-                    await pipe.execute()
-        return sorted(real, key=real.__getitem__)[:count]
 
     async def acquire_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:
         keys = [self.key(session_id), self.layout.lock_key(session_id)]
@@ -371,14 +245,6 @@ class RedisStore(SerializingStore):
         await self.client.aclose()
 
     # --- plumbing ----------------------------------------------------------------------------
-
-    async def _each_shard(self, command: Any) -> list[Any]:
-        """``command(pipe, shard)`` for every shard, in one pipeline (on a cluster, one batch
-        per node), answers in shard order."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for shard in range(self.layout.shards):
-                command(pipe, shard)
-            return list(await pipe.execute())
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """One script, bounded by ``socket_timeout``, failures as in :meth:`answering` (the hot
@@ -427,34 +293,3 @@ class RedisStore(SerializingStore):
     def __repr__(self) -> str:
         shape = f" cluster shards={self.layout.shards}" if self.cluster else ""
         return f"<RedisStore prefix={self.prefix!r}{shape}>"
-
-
-def _stored(meta: list[str]) -> StoredSession:
-    creation, last, expires, interval, absolute, principal = meta
-    return StoredSession(
-        creation_time=float(creation),
-        last_access=float(last),
-        expires_at=float(expires) if expires else math.inf,
-        max_inactive_interval=int(interval),
-        absolute_timeout=float(absolute) if absolute else None,
-        principal=principal or None,
-    )
-
-
-def _from_hash(data: list[bytes]) -> StoredSession | None:
-    """A claimed session from its ``HGETALL``; ``None`` if its metadata is unreadable."""
-    fields: dict[str, bytes] = {}
-    for index in range(0, len(data) - 1, 2):
-        fields[_text(data[index])] = data[index + 1]
-    try:
-        stored = _stored(
-            [_text(fields.get(name, b"")) for name in ("#c", "#l", "#e", "#i", "#a", "#p")]
-        )
-    except ValueError:
-        return None
-    stored.attributes = {name[2:]: value for name, value in fields.items() if name.startswith("a:")}
-    return stored
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,6 +9,7 @@ session carries its shard's hash tag::
     {prefix}{<tag>}:l:<id>        its lock (``locking="session"``)
     {prefix}{<tag>}:expiries      the shard's deadlines, for the reaper
     {prefix}{<tag>}:p:<principal> the shard's sessions of one principal
+    {prefix}{<tag>}:c:<id>        a move into this ID committed (see ``redis_moves``)
 
 A session's shard follows from its ID, so any process finds it from the cookie alone. The tags
 are chosen so that the shards' slots are spread evenly over the slot range: a cluster created
@@ -24,7 +25,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from ..errors import ConfigurationError
 
-__all__ = ["RedisLayout"]
+__all__ = ["RedisLayout", "text"]
 
 
 class RedisLayout:
@@ -54,6 +55,10 @@ class RedisLayout:
     def lock_key(self, session_id: str) -> str:
         return f"{self._heads[self.shard_of(session_id)]}l:{session_id}"
 
+    def moved_key(self, session_id: str) -> str:
+        """The record of a move into ``session_id`` (its old ID), while the old hash may remain."""
+        return f"{self._heads[self.shard_of(session_id)]}c:{session_id}"
+
     def index(self, shard: int) -> str:
         return f"{self._heads[shard]}expiries"
 
@@ -80,3 +85,7 @@ def _spread_tags(shards: int) -> list[str]:
             tags[band] = tag
             missing -= 1
     return [tag for tag in tags if tag is not None]
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

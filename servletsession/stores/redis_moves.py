@@ -9,7 +9,8 @@ shard is another slot, ``RedisStore`` moves it in three one-slot steps:
 2. ``MOVE_IN`` writes the new hash, its deadline and principal entries, and the lock: the move
    commits here. It refuses once the lease is about to run out.
 3. ``MOVE_DONE`` removes the old hash and its index entries. If it fails, whoever next meets the
-   marked old hash sees the new one exists and finishes the job.
+   marked old hash finds the commit record ``MOVE_IN`` left in the new slot (it outlives the old
+   hash, and the new session too) and finishes the job; the record goes with it.
 
 So at every moment exactly one of the IDs is the session: the old one until ``MOVE_IN``, the new
 one after. A move abandoned before ``MOVE_IN`` (its process died, the new slot's node was down)
@@ -20,10 +21,12 @@ but writes to it answer 503 (retry), never lost or applied to a session about to
 from __future__ import annotations
 
 import logging
+import time
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailableError
+from .redis_layout import text
 from .redis_scripts import MOVE_ABORT, MOVE_DONE, MOVE_IN, MOVE_OUT
 
 if TYPE_CHECKING:
@@ -59,25 +62,43 @@ class MovingSessions:
         """Give the session ``old_id`` the ID ``new_id`` in another slot; ``False`` if there is no
         session ``old_id`` any more (ended, or moved by another process)."""
         store, layout = self._store, self._store.layout
+        began = time.monotonic()
         async with store.answering():
             out = await self._out(keys=[layout.key(old_id), layout.lock_key(old_id)],
                                   args=[new_id, LEASE])  # fmt: skip
             if out and out[0] == b"#m":  # another move marked it first
-                if await self.where(old_id, _text(out[1])) is not Where.BACK:
+                where = await self.where(old_id, text(out[1]))
+                if where is Where.MOVING:
+                    raise StoreUnavailableError(
+                        "the session is changing its ID in another request; its ID is unchanged"
+                    )
+                if where is Where.GONE:
                     return False
                 out = await self._out(keys=[layout.key(old_id), layout.lock_key(old_id)],
                                       args=[new_id, LEASE])  # fmt: skip
                 if out and out[0] == b"#m":
-                    return False
+                    raise StoreUnavailableError(
+                        "the session is changing its ID in another request; its ID is unchanged"
+                    )
             if not out:
                 return False
-            hash_ttl, lock_value, lock_ttl, lease = out[0], out[1], out[2], _text(out[3])
+            hash_ttl, lock_value, lock_ttl, lease = out[0], out[1], out[2], text(out[3])
+            # MOVE_IN commits only while this request still waits for it (in the servers' time:
+            # the move began at lease - LEASE, and this request gives up ``timeout`` after it
+            # began here), and clear of the lease's end: a move answered 503 never commits later.
+            commit_by = float(lease) - MARGIN
+            if store.timeout is not None:
+                remaining = store.timeout - (time.monotonic() - began) - MARGIN / 20
+                commit_by = min(commit_by, float(lease) - LEASE + remaining)
             fields = out[4:]
-            meta = {_text(fields[i]): _text(fields[i + 1])
+            meta = {text(fields[i]): text(fields[i + 1])
                     for i in range(0, len(fields), 2) if fields[i][:1] == b"#"}  # fmt: skip
-            keys = [layout.key(new_id), layout.index_of(new_id), layout.lock_key(new_id)]
-            args = [MARGIN, lease, new_id, layout.principals_of(new_id), hash_ttl, lock_value,
-                    lock_ttl, meta.get("#e", ""), meta.get("#p", ""), *fields]  # fmt: skip
+            keys = [layout.key(new_id), layout.index_of(new_id), layout.lock_key(new_id),
+                    layout.moved_key(new_id)]  # fmt: skip
+            record_ttl = int(hash_ttl) + int(2 * LEASE * 1000) if int(hash_ttl) > 0 else 0
+            args = [commit_by, lease, new_id, layout.principals_of(new_id), hash_ttl, lock_value,
+                    lock_ttl, meta.get("#e", ""), meta.get("#p", ""), old_id, record_ttl,
+                    *fields]  # fmt: skip
             moved_in = await self._in(keys=keys, args=args)
         if not moved_in:
             raise StoreUnavailableError(
@@ -99,11 +120,11 @@ class MovingSessions:
         store, layout = self._store, self._store.layout
         old_key = [layout.key(old_id)]
         async with store.answering():
-            lease = _text(await self._abort(keys=old_key, args=[new_id, "0"]))
+            lease = text(await self._abort(keys=old_key, args=[new_id, "0"]))
             if lease == "clear":
                 return Where.BACK
-            if await store.client.exists(layout.key(new_id)):
-                await self._finish(old_id, new_id)
+            if await store.client.exists(layout.key(new_id), layout.moved_key(new_id)):
+                await self._finish(old_id, new_id)  # committed (the new one may have ended)
                 return Where.GONE
             if lease == "gone":
                 return Where.GONE
@@ -113,11 +134,9 @@ class MovingSessions:
         return Where.BACK
 
     async def _finish(self, old_id: str, new_id: str) -> None:
+        """The old hash goes; then the commit record, which only the old hash needed."""
         store, layout = self._store, self._store.layout
         keys = [layout.key(old_id), layout.index_of(old_id), layout.lock_key(old_id)]
         async with store.answering():
             await self._done(keys=keys, args=[old_id, new_id, layout.principals_of(old_id)])
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+            await store.client.delete(layout.moved_key(new_id))

@@ -239,16 +239,20 @@ end
 """
 
 # KEYS: old hash, old lock. ARGV: new id, lease seconds. Returns false if the session is gone,
-# {'#m', target, lease} if a move marked it already, else: hash PTTL, lock value, lock PTTL,
-# lease, then the hash's field/values.
+# {'#m', target, lease} if another move marked it, else: hash PTTL, lock value, lock PTTL,
+# lease, then the hash's field/values. Idempotent: redis-py may send a call again after a lost
+# connection, and the second run must answer as the first did.
 MOVE_OUT = (
     NOW
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local moving = redis.call('HMGET', KEYS[1], '#m', '#t')
-if moving[1] then return {'#m', moving[1], moving[2]} end
-local lease = string.format('%.6f', server_now() + tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], '#m', ARGV[1], '#t', lease)
+local lease = moving[2]
+if moving[1] and moving[1] ~= ARGV[1] then return {'#m', moving[1], moving[2]} end
+if not moving[1] then  -- (marked for this very move: a retried call gets the same answer)
+  lease = string.format('%.6f', server_now() + tonumber(ARGV[2]))
+  redis.call('HSET', KEYS[1], '#m', ARGV[1], '#t', lease)
+end
 local result = {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or '',
                 redis.call('PTTL', KEYS[2]), lease}
 local all = redis.call('HGETALL', KEYS[1])
@@ -262,16 +266,28 @@ return result
 """
 )
 
-# KEYS: new hash, new index, new lock. ARGV: margin seconds, lease, new id, prefix, hash PTTL,
-# lock value, lock PTTL, deadline ('' for none), principal, then field/value pairs.
-# 1: moved in; 0: too late (the lease is about to run out) or the new ID is taken.
+# KEYS: new hash, new index, new lock, commit record. ARGV: commit-by (server time), unused, new id,
+# prefix, hash PTTL, lock value, lock PTTL, deadline ('' for none), principal, old id, commit
+# record PTTL (0: none), then field/value pairs. The commit record (in the new slot, naming the
+# old ID) outlives the old hash: whoever meets the old hash later knows the move committed even
+# after the new session has ended. 1: moved in (or it was, by this very move: idempotent); 0: too
+# late (past commit-by: the requester has given up, or the lease is about to run out) or the new
+# ID is taken.
 MOVE_IN = (
     PRELUDE
     + NOW
     + """
-if server_now() > tonumber(ARGV[2]) - tonumber(ARGV[1]) then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('GET', KEYS[4]) == ARGV[10] then return 1 end
+  return 0
+end
+if server_now() > tonumber(ARGV[1]) then return 0 end
+for i = 12, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if tonumber(ARGV[11]) > 0 then
+  redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[11])
+else
+  redis.call('SET', KEYS[4], ARGV[10])
+end
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('ZADD', KEYS[2], ARGV[8] == '' and '+inf' or ARGV[8], ARGV[3])

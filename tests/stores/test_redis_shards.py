@@ -113,13 +113,16 @@ async def test_a_move_has_one_session_at_every_step(store: RedisStore) -> None:
         await store.save(old, SessionWrite(written={"a": b'["j",2]'}), now)
     assert await store.claim(old, now + 3600) is None  # not claimed while it moves
     # Commit and finish, as ``move`` does.
-    assert await moves.move(old, new) is False  # a second mover backs off: the first owns it
+    with pytest.raises(StoreUnavailableError, match="another request"):  # a second mover: 503
+        await moves.move(old, secrets.token_urlsafe(32))
     meta = {out[i].decode(): out[i + 1].decode() for i in range(4, len(out), 2)
             if out[i][:1] == b"#"}  # fmt: skip
-    args = [redis_moves.MARGIN, out[3], new, layout.principals_of(new), out[0], out[1], out[2],
-            meta["#e"], meta["#p"], *out[4:]]  # fmt: skip
-    assert await moves._in(keys=[layout.key(new), layout.index_of(new), layout.lock_key(new)],
-                           args=args) == 1  # fmt: skip
+    commit_by = float(out[3]) - redis_moves.MARGIN
+    args = [commit_by, out[3], new, layout.principals_of(new), out[0], out[1], out[2],
+            meta["#e"], meta["#p"], old, 0, *out[4:]]  # fmt: skip
+    keys = [layout.key(new), layout.index_of(new), layout.lock_key(new), layout.moved_key(new)]
+    assert await moves._in(keys=keys, args=args) == 1
+    assert await moves._in(keys=keys, args=args) == 1  # a retried call: the same answer
     assert await present() == (False, True)  # committed (the old hash is still there)
     assert await store.client.exists(layout.key(old)) == 0  # the read finished the move
     assert await store.sessions_of("alice", now) == [new]
