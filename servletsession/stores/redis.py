@@ -35,7 +35,18 @@ from .faults import describe, redis_unavailable
 from .redis_indexes import ShardedIndexes, from_hash, stored_of
 from .redis_layout import RedisLayout, text
 from .redis_moves import MovingSessions, Where
-from .redis_scripts import CLAIM, CREATE, DELETE, LOAD, LOCK, RENAME, RENEW, SAVE, UNLOCK
+from .redis_scripts import (
+    CLAIM,
+    CREATE,
+    DELETE,
+    LOAD,
+    LOCK,
+    PRINCIPAL_SESSIONS,
+    RENAME,
+    RENEW,
+    SAVE,
+    UNLOCK,
+)
 from .serializing import SerializingStore
 
 if TYPE_CHECKING:
@@ -101,6 +112,7 @@ class RedisStore(ShardedIndexes, SerializingStore):
         self._lock = register(LOCK)
         self._renew = register(RENEW)
         self._unlock = register(UNLOCK)
+        self._principal_sessions = register(PRINCIPAL_SESSIONS)
         self.moves = MovingSessions(self)
 
     def key(self, session_id: str) -> str:

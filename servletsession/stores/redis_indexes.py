@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from .base import StoredSession
 from .redis_layout import text
@@ -49,6 +50,10 @@ class ShardedIndexes:
         raise NotImplementedError
 
     _claim: Any
+    _principal_sessions: Any
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        raise NotImplementedError
 
     async def claim_expired(
         self, now: float, limit: int, in_use: Collection[str] = ()
@@ -104,54 +109,64 @@ class ShardedIndexes:
         return sum(int(count) for count in counts)
 
     async def sessions_of(self, principal: str, now: float) -> list[str]:
-        """The principal's live sessions. The sets are read again when a member turned out gone:
-        an ID change moves the member atomically with its hash, so a session whose ID changed
-        between the two reads is found under its new ID (a few rounds at most)."""
+        """The principal's live sessions.
+
+        Each shard's set is read with its members' hashes in one script, so no ID change within
+        a shard can hide a session. Every shard is read twice, one pass after the other: an ID
+        change into another shard adds the new ID before it removes the old, so a session moving
+        during the first pass is seen by one pass or the other. A member marked as moving whose
+        new ID was not listed is looked up, and the shards are read again (a few rounds at most).
+        """
         layout = self.layout
         live: list[str] = []
         seen: set[str] = set()
         async with self.answering():
             for _ in range(8):
-                per_shard = await self._each_shard(
-                    lambda pipe, shard: pipe.smembers(layout.principals(shard) + principal)
-                )
-                members = [text(m) for found in per_shard for m in found]
-                fresh = [session_id for session_id in members if session_id not in seen]
-                if not fresh:
-                    break
-                seen.update(fresh)
-                found_live, gone = await self._verify(principal, fresh, set(members), now)
-                live += found_live
-                if not gone:
+                listed: dict[str, tuple[str, str]] = {}
+                for _ in range(2 if layout.shards > 1 else 1):
+                    for found in await self._principal_pass(principal):
+                        for i in range(0, len(found), 3):
+                            listed[text(found[i])] = (text(found[i + 1]), text(found[i + 2]))
+                moved = False
+                for session_id, (expires, target) in listed.items():
+                    if session_id in seen:
+                        continue
+                    seen.add(session_id)
+                    if target and target in listed:
+                        continue  # moved: its new ID is listed
+                    if target and await self.moves.where(session_id, target) is Where.GONE:
+                        moved = True  # moved (its new ID unlisted so far) or ended since
+                    elif not expires or float(expires) > now:
+                        live.append(session_id)
+                if not moved:
                     break
         return live
 
-    async def _verify(
-        self, principal: str, members: list[str], listed: set[str], now: float
-    ) -> tuple[list[str], list[str]]:
-        """Which of ``members`` are live sessions of ``principal``; gone ones leave the index."""
-        layout = self.layout
-        async with self.client.pipeline(transaction=False) as pipe:
-            for session_id in members:
-                pipe.hmget(self.key(session_id), "#e", "#p", "#m")
-            found = await pipe.execute()
-        live, gone = [], []
-        for session_id, (expires, bound, moving) in zip(members, found, strict=True):
-            if bound is None or text(bound) != principal:
-                gone.append(session_id)  # dropped by its TTL, or moved on: clean the index
-            elif moving is not None and (
-                text(moving) in listed
-                or await self.moves.where(session_id, text(moving)) is Where.GONE
-            ):
-                continue  # moved: the new ID is the session (listed, or ended since)
-            elif not expires or float(expires) > now:
-                live.append(session_id)
-        if gone:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for session_id in gone:
-                    pipe.srem(layout.principals_of(session_id) + principal, session_id)
-                await pipe.execute()
-        return live, gone
+    async def _principal_pass(self, principal: str) -> list[Any]:
+        """``PRINCIPAL_SESSIONS`` on every shard: one pipeline (loading the script where a node
+        lacks it)."""
+        layout, script = self.layout, self._principal_sessions
+        if self.cluster:  # no scripts in a cluster pipeline: a few at a time
+            gate = asyncio.Semaphore(16)
+
+            async def one(shard: int) -> Any:
+                async with gate:
+                    return await self._run(script, [layout.principals(shard) + principal],
+                                           [layout.key_head(shard), principal])  # fmt: skip
+
+            return list(await asyncio.gather(*(one(shard) for shard in range(layout.shards))))
+        for attempt in range(2):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for shard in range(layout.shards):
+                        pipe.evalsha(script.sha, 1, layout.principals(shard) + principal,
+                                     layout.key_head(shard), principal)  # fmt: skip
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def session_ids(self, offset: int, limit: int) -> list[str]:
         """A page of IDs: the shards' deadline indexes one after the other."""

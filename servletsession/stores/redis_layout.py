@@ -59,6 +59,10 @@ class RedisLayout:
         """The record of a move into ``session_id`` (its old ID), while the old hash may remain."""
         return f"{self._heads[self.shard_of(session_id)]}c:{session_id}"
 
+    def key_head(self, shard: int) -> str:
+        """What a session key of ``shard`` starts with (the ID follows)."""
+        return f"{self._heads[shard]}s:"
+
     def index(self, shard: int) -> str:
         return f"{self._heads[shard]}expiries"
 

@@ -329,3 +329,22 @@ if ARGV[2] == '1' then redis.call('HDEL', KEYS[1], '#m', '#t') end
 return 'over'
 """
 )
+
+# One shard's sessions of a principal, read with their hashes in one step (no ID change of the
+# shard can fall between the two reads); members whose hash is gone or bound to another
+# principal leave the set. KEYS: the principal set. ARGV: the shard's session key head
+# ('{prefix}{tag}:s:'), principal. Returns id, deadline, move target ('' for none), ...
+PRINCIPAL_SESSIONS = """
+local result = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local meta = redis.call('HMGET', ARGV[1] .. id, '#e', '#p', '#m')
+  if meta[2] ~= ARGV[2] then
+    redis.call('SREM', KEYS[1], id)
+  else
+    result[#result + 1] = id
+    result[#result + 1] = meta[1] or ''
+    result[#result + 1] = meta[3] or ''
+  end
+end
+return result
+"""

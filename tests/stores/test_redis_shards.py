@@ -222,3 +222,73 @@ async def test_store_from_url_builds_a_cluster_store(redis_cluster: Any) -> None
         assert len(await made.claim_expired(now + 3600, 100)) == 30
     finally:
         await made.close()
+
+
+async def _moved_without_finishing(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, now: float
+) -> tuple[str, str]:
+    """A cross-shard ID change that commits, then loses its MOVE_DONE (a timeout, a node blip,
+    the process dying): the old hash stays, marked."""
+    monkeypatch.setattr(redis_moves, "LEASE", 0.3)
+    monkeypatch.setattr(redis_moves, "MARGIN", 0.05)
+    old, new = ids_in_two_shards(store.layout)
+    await store.create(old, record(now, "alice", a=b'["j",1]'), now)
+
+    async def lost(*_: Any) -> None:
+        raise StoreUnavailableError("MOVE_DONE lost")
+
+    monkeypatch.setattr(store.moves, "_finish", lost)
+    assert await store.rename(old, new) is True  # committed
+    monkeypatch.undo()
+    await asyncio.sleep(0.35)  # the lease is over: a "missing new hash" must not mean "abandoned"
+    return old, new
+
+
+async def test_a_lost_move_done_never_brings_the_old_id_back(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = 1_700_000_000.0
+    old, new = await _moved_without_finishing(store, monkeypatch, now)
+    assert await store.delete(new) is True  # the new session is invalidated
+    assert await store.load(old, now) is None
+    assert await store.sessions_of("alice", now) == []
+    assert await store.count() == 0
+    assert await store.client.exists(store.layout.key(old), store.layout.moved_key(new)) == 0
+
+
+async def test_a_lost_move_done_is_claimed_once(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = 1_700_000_000.0
+    old, new = await _moved_without_finishing(store, monkeypatch, now)
+    claimed = await store.claim_expired(now + 3600, 100)  # the reaper meets both hashes
+    assert [session_id for session_id, _ in claimed] == [new]
+    assert await store.load(old, now + 3600, touch=False) is None
+    assert await store.count() == 0
+
+
+async def test_sessions_of_finds_a_session_whose_id_changes_meanwhile(store: RedisStore) -> None:
+    """A principal's session is found under one of its IDs while another process keeps
+    changing its ID (same shard and across shards): "log out everywhere" cannot miss it."""
+    now = 1_700_000_000.0
+    current = secrets.token_urlsafe(32)
+    await store.create(current, record(now, "dora"), now)
+    stop = asyncio.Event()
+
+    async def rotate() -> None:
+        nonlocal current
+        while not stop.is_set():
+            new = secrets.token_urlsafe(32)
+            assert await store.rename(current, new)
+            current = new
+            await asyncio.sleep(0.002)
+
+    rotating = asyncio.create_task(rotate())
+    try:
+        for _ in range(100):
+            found = await store.sessions_of("dora", now)
+            assert found, "a live session of the principal was missed"
+            await asyncio.sleep(0)
+    finally:
+        stop.set()
+        await rotating
