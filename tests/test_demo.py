@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
 import pytest
 
-from examples.chat.app import create_app
+from examples.chat import app as chat_app
+from examples.chat.app import MAX_MESSAGE, ChatConfigError, create_app, worker_count
 from examples.chat.bot import reply
 from examples.chat.models import ChatPrompt
 
 from .conftest import SECRET, client
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_conversation_survives_across_turns() -> None:
@@ -87,3 +97,190 @@ async def test_conversation_moves_between_workers_on_a_shared_store(tmp_path: ob
     assert history["turns"][3]["content"] == answer.text
     for app in (one, two):
         await app.state.session_manager.close()
+
+
+# --- bad input: 400 (413 for a body too large), never 500, and no session for it ---------------
+
+BAD_BODIES = {
+    "invalid JSON": (b"{bad", "not valid JSON"),
+    "empty body": (b"", "not valid JSON"),
+    "not UTF-8": (b'{"message": "\xff"}', "not valid JSON"),
+    "a list": (b'["hello"]', "must be a JSON object"),
+    "a string": (b'"hello"', "must be a JSON object"),
+    "no message": (b"{}", '"message" must be a string'),
+    "a number": (b'{"message": 5}', '"message" must be a string'),
+    "null": (b'{"message": null}', '"message" must be a string'),
+    "an object": (b'{"message": {"text": "hi"}}', '"message" must be a string'),
+    "empty": (b'{"message": ""}', '"message" is empty'),
+    "blank": (b'{"message": " \\n\\t "}', '"message" is empty'),
+    "too long": (b'{"message": "' + b"x" * (MAX_MESSAGE + 1) + b'"}', "longer than 2000"),
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+async def test_bad_input_is_a_400_with_a_clear_message(body: tuple[bytes, str]) -> None:
+    content, expected = body
+    async with client(create_app(token_delay=0, secret_key=SECRET)) as http:
+        response = await http.post(
+            "/api/chat", content=content, headers={"content-type": "application/json"}
+        )
+        info = (await http.get("/api/session")).json()
+    assert response.status_code == 400
+    assert expected in response.json()["error"]
+    assert "set-cookie" not in response.headers
+    assert info == {"exists": False}  # refused before a session was created
+
+
+async def test_a_body_over_64_kib_is_a_413_and_2000_characters_pass() -> None:
+    async with client(create_app(token_delay=0, secret_key=SECRET)) as http:
+        huge = await http.post("/api/chat", content=b'{"message": "' + b"x" * 70_000 + b'"}')
+        longest = await http.post("/api/chat", json={"message": "é" * MAX_MESSAGE})
+    assert huge.status_code == 413
+    assert "larger than 65536 bytes" in huge.json()["error"]
+    assert longest.status_code == 200
+    assert longest.text.startswith('You said "éé')
+
+
+async def test_favicon_is_served_without_a_session() -> None:
+    async with client(create_app(token_delay=0, secret_key=SECRET)) as http:
+        ico, svg, page = [await http.get(path) for path in ("/favicon.ico", "/favicon.svg", "/")]
+    for response in (ico, svg):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/svg+xml"
+        assert response.content.startswith(b"<svg")
+        assert "set-cookie" not in response.headers
+    assert '<link rel="icon" href="/favicon.svg"' in page.text
+
+
+# --- several workers need one shared key (and a shared store) ----------------------------------
+
+CHAT_ENV = ("CHAT_SECRET_KEY", "CHAT_STORE_URL", "CHAT_SINGLE_PROCESS", "WEB_CONCURRENCY")
+
+
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No chat variables, and a command line without --workers."""
+    for name in CHAT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["uvicorn", "examples.chat.app:app"])
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "workers"),
+    [
+        (["uvicorn", "examples.chat.app:app", "--workers", "2"], {}, 2),
+        (["uvicorn", "examples.chat.app:app", "--workers=4"], {}, 4),
+        (["gunicorn", "-w", "3", "-k", "uvicorn.workers.UvicornWorker", "x:app"], {}, 3),
+        (["gunicorn", "-w5", "x:app"], {}, 5),
+        (["uvicorn", "examples.chat.app:app"], {"WEB_CONCURRENCY": "2"}, 2),
+        (["uvicorn", "--workers", "1", "examples.chat.app:app"], {"WEB_CONCURRENCY": "8"}, 1),
+        (["uvicorn", "examples.chat.app:app"], {}, 1),
+        (["-m", "--port", "8000"], {"WEB_CONCURRENCY": "4", "CHAT_SINGLE_PROCESS": "1"}, 1),
+    ],
+)
+def test_worker_count_from_the_command_line_and_web_concurrency(
+    argv: list[str], env: dict[str, str], workers: int
+) -> None:
+    assert worker_count(argv, env) == workers
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [("argv", ["--workers", "2"]), ("argv", ["--workers=2"]), ("env", "2")],
+    ids=["--workers 2", "--workers=2", "WEB_CONCURRENCY=2"],
+)
+def test_several_workers_without_a_shared_key_are_refused(
+    bare_env: pytest.MonkeyPatch, setting: tuple[str, object], tmp_path: object
+) -> None:
+    kind, value = setting
+    if kind == "argv":
+        bare_env.setattr(sys, "argv", ["uvicorn", "examples.chat.app:app", *value])  # type: ignore[misc]
+    else:
+        bare_env.setenv("WEB_CONCURRENCY", str(value))
+    bare_env.setenv("CHAT_STORE_URL", f"sqlite:///{tmp_path}/chat.db")
+    with pytest.raises(ChatConfigError, match="2 workers and no CHAT_SECRET_KEY") as refused:
+        create_app()
+    assert "export CHAT_SECRET_KEY=" in str(refused.value)
+    if kind == "argv":  # claiming one process does not hide --workers
+        bare_env.setenv("CHAT_SINGLE_PROCESS", "1")
+        with pytest.raises(ChatConfigError, match="2 workers and no CHAT_SECRET_KEY"):
+            create_app()
+
+
+async def test_several_workers_with_a_shared_key_and_store_start(
+    bare_env: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    bare_env.setattr(sys, "argv", ["uvicorn", "examples.chat.app:app", "--workers", "4"])
+    bare_env.setenv("CHAT_SECRET_KEY", SECRET)
+    with pytest.raises(ChatConfigError, match="4 workers on the memory:// store"):
+        create_app()
+    bare_env.setenv("CHAT_STORE_URL", f"sqlite:///{tmp_path}/chat.db")
+    app = create_app(token_delay=0)
+    async with client(app) as http:
+        assert (await http.post("/api/chat", json={"message": "hi"})).status_code == 200
+    await app.state.session_manager.close()
+
+
+def test_no_random_key_outside_single_process_mode(bare_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ChatConfigError, match=r"CHAT_SECRET_KEY is not set.*python -m examples"):
+        create_app()
+    bare_env.setenv("CHAT_SINGLE_PROCESS", "1")  # what `python -m examples.chat` sets
+    assert create_app() is not None
+    bare_env.delenv("CHAT_SINGLE_PROCESS")
+    assert create_app(secret_key=SECRET) is not None  # an explicit key is always enough
+
+
+def test_the_module_app_refuses_with_exit_status_3(bare_env: pytest.MonkeyPatch) -> None:
+    bare_env.delitem(vars(chat_app), "app", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        _ = chat_app.app
+    assert exited.value.code == 3  # uvicorn's STARTUP_FAILURE, gunicorn's WORKER_BOOT_ERROR
+    assert "app" not in vars(chat_app)
+
+
+def _run(argv: list[str], env: dict[str, str], seconds: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds, check=False
+    )
+
+
+def _demo_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CHAT_ENV}
+    return {**env, **extra}
+
+
+def test_uvicorn_with_two_workers_and_no_key_stops_with_the_reason() -> None:
+    uvicorn_cli = [sys.executable, "-m", "uvicorn", "examples.chat.app:app"]
+    result = _run([*uvicorn_cli, "--workers", "2", "--port", "0"], _demo_env(), 60)
+    assert "examples.chat refuses to start" in result.stderr
+    assert "2 workers and no CHAT_SECRET_KEY" in result.stderr
+    assert "failed to start, stopping the parent process" in result.stderr  # not a restart loop
+
+
+def test_the_readme_demo_command_runs_one_process_with_a_random_key() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _demo_env(WEB_CONCURRENCY="2")  # ignored: python -m examples.chat is one process
+    argv = [sys.executable, "-m", "examples.chat", "--port", str(port)]
+    with subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as server:
+        try:
+            answer = None
+            for _ in range(200):
+                try:
+                    answer = httpx2.post(
+                        f"http://127.0.0.1:{port}/api/chat", json={"message": "hello"}, timeout=5
+                    )
+                    break
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+        finally:
+            server.terminate()
+            output = server.communicate(timeout=10)[0]
+    assert answer is not None, output
+    assert answer.status_code == 200
+    assert answer.text.startswith("Hello, there!")
+    assert "random key" in output
