@@ -1,29 +1,34 @@
-"""A mountable admin app: stats, sessions by ref, invalidation, Prometheus metrics.
+"""A mountable admin app for operators: the sessions a store holds, and ending them.
 
 ```python
-async def only_admins(request: Request) -> bool:
-    return request.headers.get("authorization") == f"Bearer {ADMIN_TOKEN}"
+from servletsession.admin import AdminApp, basic_auth
 
-app.mount("/admin", AdminApp(manager, auth=only_admins))
+admin = AdminApp(manager, auth=basic_auth({"ops": os.environ["ADMIN_PASSWORD"]}))
+app = Starlette(routes=[..., Mount("/admin", admin)])
 ```
 
-Every request goes through ``auth`` (sync or async, given the request): ``False`` answers 403.
-Sessions are listed by ref (a short keyed hash), never by ID. Routes: ``/`` (HTML), ``/api/stats``,
-``/api/sessions?offset=&limit=``, ``POST /api/sessions/{ref}/invalidate``,
-``POST /api/principals/{principal}/invalidate``, and ``/metrics`` when prometheus-client is
-installed.
+Every request goes through ``auth`` first (see :mod:`servletsession.admin_auth`). The HTML pages:
+``/`` (the list: sort, filter by principal and idle time, pages) and ``/sessions/<ref>`` (one
+session), with forms posting to ``/actions/invalidate-session``, ``-principal`` and ``-idle``.
+The JSON API: ``GET api/stats``, ``api/sessions`` (same query parameters), ``api/sessions/<ref>``,
+``api/csrf``; ``POST api/sessions/<ref>/invalidate``, ``api/principals/invalidate``
+(``{"principal": …}``), ``api/sessions/invalidate-idle`` (``{"minutes": …}``); and ``/metrics``
+when prometheus-client is installed. Sessions are addressed by an unguessable admin ref, never by
+ID; attribute values are shown only for the names in ``show_values``. Every ``POST`` needs the
+CSRF token (:mod:`servletsession.admin_csrf`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
+import hmac
 import inspect
-from collections.abc import Awaitable, Callable
+import json
+import secrets
+from collections.abc import Callable, Collection
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -32,75 +37,270 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from .inventory import SessionSummary, invalidate_ref, list_sessions
+from . import admin_pages as pages
+from .admin_auth import Auth, AuthResult, basic_auth, session_role
+from .admin_csrf import FIELD, HEADER, CsrfGuard
+from .admin_query import Query, QueryError, SessionDirectory, parse_minutes, parse_query
 from .manager import SessionManager
 
-Auth = Callable[[Request], bool | Awaitable[bool]]
+__all__ = ["AdminApp", "Auth", "AuthResult", "basic_auth", "session_role"]
+
+_MAX_FORM = 16_384  # bytes of a form or JSON body the admin app reads at most
+_HTML_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
 
 
 class AdminApp:
-    """An ASGI app for operators, protected by the ``auth`` callable the app supplies."""
+    """An ASGI app for operators, protected by the ``auth`` hook the app supplies.
 
-    def __init__(self, manager: SessionManager, *, auth: Auth) -> None:
+    ``secret_key`` keys the admin refs and CSRF tokens; give the same one to every worker behind
+    a load balancer (a random key per instance otherwise). ``show_values`` names the attributes
+    whose values the detail page and API may show. ``max_limit`` caps a page, ``max_scan`` the
+    sessions one listing looks at.
+    """
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        auth: Auth,
+        secret_key: str | bytes | None = None,
+        show_values: Collection[str] = (),
+        max_limit: int = 500,
+        max_scan: int = 10_000,
+    ) -> None:
         if not callable(auth):
-            raise TypeError("auth must be a callable taking the request and returning a bool")
+            raise TypeError(
+                "auth must be a callable taking the request and returning True, False or a "
+                "response, e.g. servletsession.admin.basic_auth({'ops': password})"
+            )
+        if isinstance(show_values, str):
+            raise TypeError(f"show_values is a collection of names: use {{{show_values!r}}}")
+        if max_limit < 1 or max_scan < 1:
+            raise ValueError("max_limit and max_scan must be at least 1")
+        if secret_key is None:
+            key = secrets.token_bytes(32)
+        else:
+            key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+            if len(key) < 32:
+                raise ValueError(
+                    f"secret_key is {len(key)} bytes; use at least 32, e.g. "
+                    "secrets.token_urlsafe(32)"
+                )
         self.manager = manager
         self._auth = auth
+        self._max_limit = max_limit
+        self._sessions = SessionDirectory(manager, _derive(key, b"ref"), show_values, max_scan)
+        self._csrf = CsrfGuard(_derive(key, b"csrf"))
         try:
             from .metrics import SessionMetrics
 
             self.metrics: Any = SessionMetrics(manager)
         except ImportError:
             self.metrics = None
-        self._app = Starlette(
+        self._router = Router(
             routes=[
-                Route("/", self._page, name="admin-page"),
-                Route("/api/stats", self._stats),
-                Route("/api/sessions", self._sessions),
-                Route("/api/sessions/{ref}/invalidate", self._invalidate, methods=["POST"]),
-                Route(
-                    "/api/principals/{principal}/invalidate", self._invalidate_all, methods=["POST"]
-                ),
+                Route("/", self._list_page),
+                Route("/sessions/{ref}", self._detail_page),
+                Route("/actions/invalidate-session", self._form_invalidate, methods=["POST"]),
+                Route("/actions/invalidate-principal", self._form_principal, methods=["POST"]),
+                Route("/actions/invalidate-idle", self._form_idle, methods=["POST"]),
+                Route("/api/stats", self._api_stats),
+                Route("/api/csrf", self._api_csrf),
+                Route("/api/sessions", self._api_list),
+                Route("/api/sessions/invalidate-idle", self._api_idle, methods=["POST"]),
+                Route("/api/sessions/{ref}", self._api_detail),
+                Route("/api/sessions/{ref}/invalidate", self._api_invalidate, methods=["POST"]),
+                Route("/api/principals/invalidate", self._api_principal, methods=["POST"]),
                 Route("/metrics", self._metrics),
             ]
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            allowed = self._auth(Request(scope, receive))
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if not allowed:
-                await PlainTextResponse("forbidden\n", status_code=403)(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
+    def __repr__(self) -> str:
+        return f"AdminApp(manager={self.manager!r})"
 
-    async def _stats(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._router(scope, receive, send)  # lifespan; no websocket route exists
+            return
+        request = Request(scope, receive)
+        allowed = self._auth(request)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if isinstance(allowed, Response):
+            await allowed(scope, receive, send)
+        elif allowed is not True:
+            await PlainTextResponse("forbidden\n", status_code=403)(scope, receive, send)
+        else:
+            await self._router(scope, receive, send)
+
+    # --- HTML -------------------------------------------------------------------------------
+
+    def _html(self, request: Request, render: Callable[[str], str], status: int = 200) -> Response:
+        """A page, rendered with this browser's CSRF token (its cookie set if it has none)."""
+        token, fresh = self._csrf.token(request)
+        response = HTMLResponse(render(token), status, _HTML_HEADERS)
+        if fresh is not None:
+            self._csrf.set_cookie(request, response, fresh)
+        return response
+
+    def _html_error(self, request: Request, status: int, message: str, home: str) -> Response:
+        return self._html(request, lambda _: pages.error_page(status, message, home), status)
+
+    async def _list_page(self, request: Request) -> Response:
+        try:
+            query = parse_query(request.query_params, self._max_limit)
+        except QueryError as exc:
+            return self._html_error(request, 400, str(exc), "./")
+        page = await self._sessions.page(query)
+        stats = dataclasses.asdict(await self.manager.stats())
+        notice = ""
+        done = request.query_params.get("invalidated", "")
+        if done.isdigit() and len(done) < 10:
+            notice = f"{done} session{'' if done == '1' else 's'} invalidated."
+        return self._html(request, lambda token: pages.list_page(page, stats, token, notice))
+
+    async def _detail_page(self, request: Request) -> Response:
+        session = await self._sessions.find(request.path_params["ref"])
+        if session is None:
+            return self._html_error(request, 404, "No such session (it may have ended).", "../")
+        row = self._sessions.row(session, self.manager.clock())
+        return self._html(request, lambda token: pages.detail_page(row, token))
+
+    async def _form(self, request: Request) -> dict[str, str] | Response:
+        """The posted form if its CSRF token holds, else the error response."""
+        body = await _body(request)
+        if body is None:
+            return self._html_error(request, 413, "The form is too large.", "../")
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if not self._csrf.check(request, form.get(FIELD)):
+            return self._html_error(
+                request, 403, "The form's CSRF token is missing or wrong: reload the page.", "../"
+            )
+        return form
+
+    def _back(self, form: dict[str, str], count: int) -> Response:
+        """303 to the list the form came from, relative to this action: any mount, any root."""
+        try:
+            back = parse_query(dict(parse_qsl(form.get("back", ""))), self._max_limit)
+        except QueryError:
+            back = Query()
+        params = back.params()
+        location = f"../?{params + '&' if params else ''}invalidated={count}"
+        return RedirectResponse(location, status_code=303)
+
+    async def _form_invalidate(self, request: Request) -> Response:
+        form = await self._form(request)
+        if isinstance(form, Response):
+            return form
+        return self._back(form, int(await self._sessions.invalidate(form.get("ref", ""))))
+
+    async def _form_principal(self, request: Request) -> Response:
+        form = await self._form(request)
+        if isinstance(form, Response):
+            return form
+        principal = pages.decode_principal(form.get("principal_b64", "")) or form.get("principal")
+        if not principal:
+            return self._html_error(request, 400, "Name the principal.", "../")
+        return self._back(form, await self._sessions.invalidate_principal(principal))
+
+    async def _form_idle(self, request: Request) -> Response:
+        form = await self._form(request)
+        if isinstance(form, Response):
+            return form
+        try:
+            minutes = parse_minutes(form.get("minutes", ""))
+        except QueryError as exc:
+            return self._html_error(request, 400, str(exc), "../")
+        return self._back(form, await self._sessions.invalidate_idle(minutes))
+
+    # --- JSON -------------------------------------------------------------------------------
+
+    async def _api_stats(self, request: Request) -> Response:
         return JSONResponse(dataclasses.asdict(await self.manager.stats()))
 
-    async def _sessions(self, request: Request) -> Response:
-        offset = int(request.query_params.get("offset", 0))
-        limit = min(int(request.query_params.get("limit", 50)), 500)
-        summaries = await list_sessions(self.manager, offset, limit)
-        return JSONResponse([summary.as_dict() for summary in summaries])
+    async def _api_csrf(self, request: Request) -> Response:
+        token, fresh = self._csrf.token(request)
+        response = JSONResponse({"token": token, "header": HEADER}, headers=_NO_STORE)
+        if fresh is not None:
+            self._csrf.set_cookie(request, response, fresh)
+        return response
 
-    async def _invalidate(self, request: Request) -> Response:
-        if not await invalidate_ref(self.manager, request.path_params["ref"]):
-            return JSONResponse({"invalidated": 0}, status_code=404)
-        return self._done(request, 1)
-
-    async def _invalidate_all(self, request: Request) -> Response:
-        return self._done(
-            request, await self.manager.invalidate_all(request.path_params["principal"])
+    async def _api_list(self, request: Request) -> Response:
+        try:
+            query = parse_query(request.query_params, self._max_limit)
+        except QueryError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        page = await self._sessions.page(query)
+        return JSONResponse(
+            {
+                "total": page.total,
+                "offset": query.offset,
+                "limit": query.limit,
+                "truncated": page.truncated,
+                "sessions": [row.as_json() for row in page.rows],
+            },
+            headers=_NO_STORE,
         )
 
-    def _done(self, request: Request, count: int) -> Response:
-        if "text/html" in request.headers.get("accept", ""):  # a form on the page
-            return RedirectResponse(str(request.url_for("admin-page")), status_code=303)
-        return JSONResponse({"invalidated": count})
+    async def _api_detail(self, request: Request) -> Response:
+        session = await self._sessions.find(request.path_params["ref"])
+        if session is None:
+            return JSONResponse({"error": "no such session"}, status_code=404)
+        row = self._sessions.row(session, self.manager.clock())
+        return JSONResponse(row.as_json(), headers=_NO_STORE)
+
+    async def _json(self, request: Request) -> dict[str, Any] | Response:
+        """The posted JSON object if the CSRF header holds, else the error response."""
+        if not self._csrf.check(request, request.headers.get(HEADER)):
+            message = f"send the token of GET api/csrf in the {HEADER} header, with its cookie"
+            return JSONResponse({"error": message}, status_code=403)
+        body = await _body(request)
+        if body is None:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        return data
+
+    async def _api_invalidate(self, request: Request) -> Response:
+        data = await self._json(request)
+        if isinstance(data, Response):
+            return data
+        if not await self._sessions.invalidate(request.path_params["ref"]):
+            return JSONResponse({"invalidated": 0}, status_code=404)
+        return JSONResponse({"invalidated": 1})
+
+    async def _api_principal(self, request: Request) -> Response:
+        data = await self._json(request)
+        if isinstance(data, Response):
+            return data
+        principal = data.get("principal")
+        if not isinstance(principal, str) or not principal:
+            return JSONResponse({"error": "principal must be a non-empty string"}, 400)
+        return JSONResponse({"invalidated": await self._sessions.invalidate_principal(principal)})
+
+    async def _api_idle(self, request: Request) -> Response:
+        data = await self._json(request)
+        if isinstance(data, Response):
+            return data
+        try:
+            minutes = parse_minutes(data.get("minutes"))
+        except QueryError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"invalidated": await self._sessions.invalidate_idle(minutes)})
 
     async def _metrics(self, request: Request) -> Response:
         if self.metrics is None:
@@ -110,59 +310,21 @@ class AdminApp:
         await self.metrics.refresh()
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def _page(self, request: Request) -> Response:
-        stats = dataclasses.asdict(await self.manager.stats())
-        offset = int(request.query_params.get("offset", 0))
-        sessions = await list_sessions(self.manager, offset, 100)
-        stat_rows = "".join(
-            f"<tr><th>{name}</th><td>{value:g}</td></tr>" for name, value in stats.items()
-        )
-        return HTMLResponse(
-            _PAGE.format(stats=stat_rows, sessions="".join(_session_row(s) for s in sessions))
-        )
+
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
-_PAGE = """<!doctype html>
-<meta charset="utf-8"><title>servletsession admin</title>
-<style>
-  body {{ font-family: system-ui, sans-serif; margin: 2rem; }}
-  table {{ border-collapse: collapse; margin-bottom: 2rem; }}
-  td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
-  form {{ display: inline; }}
-</style>
-<h1>Sessions</h1>
-<h2>Stats</h2>
-<table>{stats}</table>
-<h2>Sessions (by ref)</h2>
-<table>
-<tr><th>ref</th><th>principal</th><th>created</th><th>last access</th><th>attributes</th>
-<th>bytes</th><th></th></tr>
-{sessions}
-</table>
-"""
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return hmac.digest(key, b"servletsession.admin." + purpose, "sha256")
 
 
-def _session_row(summary: SessionSummary) -> str:
-    principal = summary.principal or ""
-    cells = [
-        f"<code>{summary.ref}</code>",
-        html.escape(principal),
-        f"{summary.creation_time:.0f}",
-        f"{summary.last_accessed_time:.0f}",
-        str(summary.attributes),
-        "" if summary.size is None else str(summary.size),
-        _button(f"api/sessions/{summary.ref}/invalidate", "invalidate")
-        + (
-            _button(
-                f"api/principals/{quote(principal, safe='')}/invalidate", "all of this principal"
-            )
-            if principal
-            else ""
-        ),
-    ]
-    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-
-
-def _button(action: str, label: str) -> str:
-    target = html.escape(action, quote=True)
-    return f"<form method='post' action='{target}'><button>{label}</button></form>"
+async def _body(request: Request) -> bytes | None:
+    """The request body, or ``None`` past :data:`_MAX_FORM` bytes."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_FORM:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

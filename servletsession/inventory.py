@@ -86,3 +86,50 @@ async def invalidate_ref(manager: SessionManager, ref: str) -> bool:
         return False
     await manager.end(session, "invalidated")
     return True
+
+
+# --- the admin app's read-only look at one session ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """When a session was last used and when it will time out, as the manager sees it."""
+
+    last_access: float  # the start of the latest request that joined it
+    idle_since: float  # when its last request ended (the idle clock's start)
+    expires_at: float | None  # idle or absolute deadline, whichever comes first; None: never
+    absolute_deadline: float | None
+    in_use: bool  # a request of this process holds it now (never idle then)
+
+
+def activity(session: HttpSession) -> Activity:
+    """The session's access times, without counting as an access."""
+    expires = session._expires_at()
+    absolute = session._absolute_deadline()
+    return Activity(
+        last_access=session._this_accessed_time,
+        idle_since=session._idle_since,
+        expires_at=None if expires == float("inf") else expires,
+        absolute_deadline=None if absolute == float("inf") else absolute,
+        in_use=session._in_flight > 0,
+    )
+
+
+def attribute_items(session: HttpSession) -> list[tuple[str, Any]]:
+    """The session's attributes (a copy), read without marking them read (``save_mode``)."""
+    return list(session._attributes.items())
+
+
+async def scan_sessions(manager: SessionManager, cap: int) -> tuple[list[HttpSession], bool]:
+    """Up to ``cap`` live sessions of the store, and whether there were more."""
+    found: list[HttpSession] = []
+    offset = 0
+    while True:
+        page = await manager.store.session_ids(offset, PAGE)
+        for session_id in page:
+            session = await manager.peek(session_id)
+            if session is not None:
+                found.append(session)
+        if len(page) < PAGE or len(found) > cap:
+            return found[:cap], len(found) > cap
+        offset += PAGE
