@@ -8,14 +8,14 @@ with SQLAlchemy's execution layer around it, for a read-only request 13 and for 
 times the cost of one round trip. Here every operation is a single statement whose
 data-modifying CTEs read, check and write; PostgreSQL runs one statement atomically, so no
 transaction block (and no ``BEGIN``/``COMMIT``) is needed. The deadline rule of
-:class:`~servletsession.stores.base.SharedStore` is written in SQL, so it is applied to the row as
+`SharedStore` is written in SQL, so it is applied to the row as
 it is when the statement runs, not as an earlier read saw it.
 
 The connection is borrowed from the engine's pool, so the pool's size, timeout and ``dispose()``
 and the tables SQLAlchemy creates are the store's one truth; the rarer operations stay on
 SQLAlchemy (``sql.py``). Every value is a bound parameter; table names are quoted by SQLAlchemy's
-identifier preparer. Errors leave as :class:`StoreUnavailableError` (an outage: HTTP 503) or with
-:func:`~servletsession.stores.faults.describe`'s one line, never with a parameter (a session ID).
+identifier preparer. Errors leave as `StoreUnavailableError` (an outage: HTTP 503) or with
+`describe`'s one line, never with a parameter (a session ID).
 """
 
 # S608: the statements below are assembled from constants and from table names that SQLAlchemy's
@@ -142,7 +142,7 @@ class PostgresPath:
             principal=first[5],
         )
         if attributes:
-            stored.attributes = {row[8]: row[9].encode() for row in rows if row[8] is not None}
+            stored.attributes = {row[8]: row[9].encode() for row in rows if row[9] is not None}
         return stored
 
     async def touch(self, store: SharedStore, session_id: str, now: float) -> float | None:
@@ -183,7 +183,7 @@ class PostgresPath:
         ``locking="session"`` still be locked by ``write.lock_token``); then, all or nothing,
         the metadata this request changed, the deadline by the rule (recomputed from the new
         timeouts if they changed), the attributes written and removed. Returns the stored
-        deadline, ``None`` if the session is gone; raises :class:`LockLostError` if the lock
+        deadline, ``None`` if the session is gone; raises `LockLostError` if the lock
         was taken over (nothing written)."""
         removed = list(dict.fromkeys(write.removed))
         written = {n: v for n, v in write.written.items() if n not in set(removed)}
@@ -245,10 +245,19 @@ class PostgresPath:
                 "ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value)"
             )
         if removed:
-            parts.append(
-                f"removed AS (DELETE FROM {a} AS a USING ok "
-                f"WHERE a.session_id = ok.id AND a.name = ANY(${next(numbers)}::text[]))"
-            )
+            # A removal is written as a NULL value (a tombstone), not a DELETE: the statement's
+            # snapshot is taken before it waits for the row lock, and a DELETE would miss a row
+            # that a concurrent save inserted and committed meanwhile (the removal, ordered after
+            # it, would be lost); ON CONFLICT reaches that row. Older tombstones are swept.
+            gone = f"${next(numbers)}::text[]"
+            keep = f" AND a.name <> ALL(${names}::text[])" if written else ""
+            parts += [
+                f"removed AS (INSERT INTO {a} (session_id, name, value) "
+                f"SELECT ok.id, r.name, NULL FROM ok CROSS JOIN unnest({gone}) AS r(name) "
+                "ON CONFLICT (session_id, name) DO UPDATE SET value = NULL)",
+                f"swept AS (DELETE FROM {a} AS a USING ok WHERE a.session_id = ok.id "
+                f"AND a.value IS NULL AND a.name <> ALL({gone}){keep})",
+            ]
         return (
             f"WITH {', '.join(parts)} SELECT old.held, old.expires_at, "
             "EXISTS (SELECT FROM meta), (SELECT expires_at FROM meta) FROM old"

@@ -110,7 +110,7 @@ class SQLStore(SerializingStore):
     async def _attributes_of(self, conn: AsyncConnection, session_id: str) -> dict[str, bytes]:
         a = self.attributes.c
         rows = await conn.execute(select(a.name, a.value).where(a.session_id == session_id))
-        return {row.name: row.value.encode() for row in rows}
+        return {row.name: row.value.encode() for row in rows if row.value is not None}
 
     async def load(
         self, session_id: str, now: float, *, touch: bool = True, attributes: bool = True
@@ -137,7 +137,7 @@ class SQLStore(SerializingStore):
                     stored.expires_at = target
                 await conn.execute(update(self.sessions).where(s.id == session_id).values(**values))
         if attributes:
-            stored.attributes = {r.name: r.value.encode() for r in rows if r.name is not None}
+            stored.attributes = {r.name: r.value.encode() for r in rows if r.value is not None}
         return stored
 
     async def touch(self, session_id: str, now: float) -> float | None:
@@ -280,9 +280,10 @@ class SQLStore(SerializingStore):
             attributes: dict[str, dict[str, bytes]] = {}
             attribute_rows = select(a.session_id, a.name, a.value).where(a.session_id.in_(ids))
             for name_row in await conn.execute(attribute_rows):
-                attributes.setdefault(name_row.session_id, {})[name_row.name] = (
-                    name_row.value.encode()
-                )
+                if name_row.value is not None:  # (NULL: a removal, see postgres.py)
+                    attributes.setdefault(name_row.session_id, {})[name_row.name] = (
+                        name_row.value.encode()
+                    )
             claimed = (
                 await conn.execute(
                     delete(self.sessions)

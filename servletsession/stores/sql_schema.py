@@ -97,7 +97,7 @@ def session_tables(metadata: MetaData, table_prefix: str) -> tuple[Table, Table]
             primary_key=True,
         ),
         Column("name", String(MAX_NAME_LENGTH), primary_key=True),
-        Column("value", Text, nullable=False),
+        Column("value", Text, nullable=True),  # NULL: removed (PostgreSQL's tombstone)
     )
     return sessions, attributes
 

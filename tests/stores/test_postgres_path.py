@@ -237,3 +237,39 @@ async def test_a_bug_raises_one_line_without_the_session_id(store: SQLStore) -> 
 def test_a_table_prefix_that_is_not_a_plain_identifier_is_refused(prefix: str) -> None:
     with pytest.raises(ConfigurationError, match="table_prefix"):
         SQLStore("sqlite+aiosqlite:///:memory:", table_prefix=prefix)
+
+
+async def test_a_removal_ordered_after_a_concurrent_insert_wins(
+    store: SQLStore, other: asyncpg.Connection
+) -> None:
+    """Another save holds the session's row lock and inserts ``x``; this save, removing ``x``,
+    waits for it and commits last: ``x`` is gone (a DELETE from the statement's earlier snapshot
+    would not see the row; the removal is an upsert of a tombstone, which does)."""
+    await store.create(SID, record(), NOW)
+    sessions, attributes = store.sessions.name, store.attributes.name
+    holding = other.transaction()
+    await holding.start()
+    lock = f'SELECT 1 FROM "{sessions}" WHERE id = $1 FOR UPDATE'  # noqa: S608
+    await other.execute(lock, SID)
+    insert = f'INSERT INTO "{attributes}" VALUES ($1, $2, $3)'  # noqa: S608
+    await other.execute(insert, SID, "x", "1")
+    async with anyio.create_task_group() as group:
+        group.start_soon(store.save, SID, SessionWrite(removed=["x"]), NOW)
+        await anyio.sleep(0.2)  # the save waits for the row lock
+        await holding.commit()
+    loaded = await store.load(SID, NOW, touch=False)
+    assert loaded is not None
+    assert loaded.attributes == {"a": b"1"}
+    again = await store.save(SID, SessionWrite(written={"x": b"2"}), NOW)  # set again after
+    assert again is not None
+    loaded = await store.load(SID, NOW, touch=False)
+    assert loaded is not None
+    assert loaded.attributes == {"a": b"1", "x": b"2"}
+    await store.save(SID, SessionWrite(removed=["x"]), NOW)
+    await store.save(SID, SessionWrite(removed=["a"]), NOW)  # sweeps x's tombstone
+    select = f'SELECT name, value FROM "{attributes}" WHERE session_id = $1'  # noqa: S608
+    rows = await other.fetch(select, SID)
+    assert [(row["name"], row["value"]) for row in rows] == [("a", None)]
+    claimed = await store.claim(SID, NOW + 10**6)
+    assert claimed is not None
+    assert claimed.attributes == {}
