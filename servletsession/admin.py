@@ -7,7 +7,7 @@ admin = AdminApp(manager, auth=basic_auth({"ops": os.environ["ADMIN_PASSWORD"]})
 app = Starlette(routes=[..., Mount("/admin", admin)])
 ```
 
-Every request goes through ``auth`` first (see :mod:`servletsession.admin_auth`). The HTML pages:
+Every request goes through ``auth`` first (see `servletsession.admin_auth`). The HTML pages:
 ``/`` (the list: sort, filter by principal and idle time, pages) and ``/sessions/<ref>`` (one
 session), with forms posting to ``/actions/invalidate-session``, ``-principal`` and ``-idle``.
 The JSON API: ``GET api/stats``, ``api/sessions`` (same query parameters), ``api/sessions/<ref>``,
@@ -15,7 +15,7 @@ The JSON API: ``GET api/stats``, ``api/sessions`` (same query parameters), ``api
 (``{"principal": …}``), ``api/sessions/invalidate-idle`` (``{"minutes": …}``); and ``/metrics``
 when prometheus-client is installed. Sessions are addressed by an unguessable admin ref, never by
 ID; attribute values are shown only for the names in ``show_values``. Every ``POST`` needs the
-CSRF token (:mod:`servletsession.admin_csrf`).
+CSRF token (`servletsession.admin_csrf`).
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
 
 
 async def _body(request: Request) -> bytes | None:
-    """The request body, or ``None`` past :data:`_MAX_FORM` bytes."""
+    """The request body, or ``None`` past `_MAX_FORM` bytes."""
     chunks = []
     size = 0
     async for chunk in request.stream():

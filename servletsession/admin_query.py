@@ -74,7 +74,7 @@ def _integer(params: Mapping[str, str], name: str, default: int, low: int, high:
 
 
 def parse_query(params: Mapping[str, str], max_limit: int) -> Query:
-    """The query in ``params`` (a request's query string); :class:`QueryError` if invalid."""
+    """The query in ``params`` (a request's query string); `QueryError` if invalid."""
     sort = params.get("sort") or "last_access"
     if sort not in SORT_KEYS:
         raise QueryError(f"sort must be one of {', '.join(SORT_KEYS)}, got {sort[:40]!r}")

@@ -1,7 +1,7 @@
 """What a shared store is given to write, and what a share takes in from what it read.
 
-The manager's side of the :class:`~servletsession.stores.base.SharedStore` contract: a new
-session becomes a :class:`StoredSession`, a save a :class:`SessionWrite` with the attributes the
+The manager's side of the `SharedStore` contract: a new
+session becomes a `StoredSession`, a save a `SessionWrite` with the attributes the
 save mode picks and the metadata this process changed; a read is taken into a share except where
 the share has changes of its own.
 """
@@ -31,7 +31,7 @@ SESSION_ID = "\x00id"
 
 #: Set per request by the middleware on a shared store: for each session (by ``id``) the names
 #: this request changed (and, under ``SESSION_ID``, the ID before it changed it). The dict itself
-#: is the request's mark in the share's :data:`Unsaved` history, so a request answered 503 takes
+#: is the request's mark in the share's `Unsaved` history, so a request answered 503 takes
 #: back only its own changes that are not written yet.
 change_journal: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar(
     "servletsession_change_journal", default=None

@@ -1,11 +1,12 @@
 """Opening an app's store from the command line: nothing created, every failure one line.
 
-The CLI drives the app's own store classes through a :class:`SessionManager`, so it reads and ends
-sessions exactly as the app does. What an operator's command needs on top is here: it must never
-create what a typo names (no SQLite file, no tables, no Redis keys), and a store it cannot use —
-unreachable, refusing the credentials, without the app's tables — must be said in one line
-(:class:`CommandError`), never a traceback. (A Redis prefix that holds nothing cannot be told
-from an empty store: it gets a warning when other prefixes hold sessions.)
+The CLI drives the app's own store classes through a
+[`SessionManager`][servletsession.SessionManager], so it reads and ends sessions exactly as the app
+does. What an operator's command needs on top is here: it must never create what a typo names (no
+SQLite file, no tables, no Redis keys), and a store it cannot use — unreachable, refusing the
+credentials, without the app's tables — must be said in one line (`CommandError`), never a
+traceback. (A Redis prefix that holds nothing cannot be told from an empty store: it gets a warning
+when other prefixes hold sessions.)
 """
 
 from __future__ import annotations

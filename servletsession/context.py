@@ -1,6 +1,6 @@
 """The request's view of its session, and the request functions route code calls.
 
-One :class:`RequestSession` per HTTP request or websocket, put in the ASGI scope by the
+One `RequestSession` per HTTP request or websocket, put in the ASGI scope by the
 middleware. It is also what ``scope["session"]`` (Starlette's ``request.session``) holds: a lazy
 mapping over the request's session, where reading creates nothing and the first write creates
 the session.
@@ -209,7 +209,7 @@ def get_session(
     """The request's session (``HttpServletRequest.getSession(create)``).
 
     With ``create=True`` a new session is made when the request has none; it raises
-    :class:`IllegalStateError` if the response has already started.
+    [`IllegalStateError`][servletsession.IllegalStateError] if the response has already started.
     """
     return _request_session(connection).get_session(create)
 

@@ -1,6 +1,6 @@
 """Session IDs and the session cookie: generation, signing, strict parsing, ``Set-Cookie``.
 
-The cookie value is ``<id>.<signature>``: a 256-bit ID from :mod:`secrets` (43 URL-safe characters)
+The cookie value is ``<id>.<signature>``: a 256-bit ID from `secrets` (43 URL-safe characters)
 and its HMAC-SHA256 (itsdangerous, 43 characters). A value is checked for length and alphabet
 before any signature check or store lookup, so malformed input costs almost nothing and never
 reaches a store key (OWASP ASVS v5 7.2).

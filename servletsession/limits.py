@@ -101,7 +101,8 @@ class SessionLimits:
 
     async def enforce(self, session: HttpSession) -> None:
         """The checks that are decided when ``session`` is saved (see the module docstring).
-        Raises :class:`SessionLimitError` for a refused binding; the caller undoes the request.
+        Raises [`SessionLimitError`][servletsession.SessionLimitError] for a refused binding; the
+        caller undoes the request.
         """
         host = self._host
         settings = host.settings

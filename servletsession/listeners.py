@@ -7,7 +7,7 @@ object may implement any subset of them, each method sync or ``async def``:
 * An ``async def`` method is started at once as a task, chained behind the earlier async
   deliveries of the same session, so each listener sees one session's events in the order they
   happened. The middleware awaits the chain before the request finishes and before the session is
-  saved (:func:`settle`).
+  saved (`settle`).
 * A listener that raises is logged and skipped (Servlet containers do the same, e.g. Tomcat's
   ``StandardSession.expire()``): it never fails the request or stops the other listeners.
 """

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class LiveSessions:
-    """The :class:`~servletsession.persistence.Sessions` strategy for ``MemoryStore``."""
+    """The `Sessions` strategy for ``MemoryStore``."""
 
     def __init__(self, store: MemoryStore, host: SessionHost) -> None:
         self._store = store

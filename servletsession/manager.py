@@ -1,7 +1,7 @@
 """``SessionManager``: creates, finds, saves, renames, expires and reaps sessions; owns listeners.
 
 It is the only thing that talks to the store, through one of two strategies
-(:mod:`servletsession.persistence`): live objects for ``MemoryStore``, "the store decides" for a
+(`servletsession.persistence`): live objects for ``MemoryStore``, "the store decides" for a
 shared store. Route code reaches it through the request functions (``get_session`` and friends);
 operators and tests may use it directly.
 """
@@ -163,10 +163,11 @@ class SessionManager:
 
     def create_session(self, visit: Visit | None = None) -> HttpSession:
         """A new session, joined by the calling request (``visit``; without one, release it
-        with :meth:`release`); fires ``session_created``. Stored as the response starts, with or
-        without attributes.
+        with [`release`][servletsession.SessionManager.release]); fires ``session_created``. Stored
+        as the response starts, with or without attributes.
 
-        Raises :class:`SessionLimitError` when ``max_active_sessions`` is reached.
+        Raises [`SessionLimitError`][servletsession.SessionLimitError] when ``max_active_sessions``
+        is reached.
         """
         settings = self.settings
         self._limits.check_create()
@@ -198,10 +199,11 @@ class SessionManager:
 
     async def find(self, session_id: str) -> HttpSession | None:
         """The live session with this ID, joined by the caller (give it back with
-        :meth:`release`); ``None`` if there is none. A session found past its deadline is
-        expired then and there (its listeners fire): an expired session is never handed out.
+        [`release`][servletsession.SessionManager.release]); ``None`` if there is none. A session
+        found past its deadline is expired then and there (its listeners fire): an expired session
+        is never handed out.
 
-        Raises :class:`StoreUnavailableError` if the store cannot answer.
+        Raises `StoreUnavailableError` if the store cannot answer.
         """
         if not is_well_formed_id(session_id):
             return None
@@ -212,7 +214,8 @@ class SessionManager:
         return session
 
     async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
-        """:meth:`find` for the middleware: an ID it verified, joined by ``visit``."""
+        """[`find`][servletsession.SessionManager.find] for the middleware: an ID it verified,
+        joined by ``visit``."""
         session = await self._sessions.join(session_id, visit)
         if session is not None and self._limits.snapshots:
             visit.snapshot = Snapshot(
@@ -228,8 +231,9 @@ class SessionManager:
 
     async def flush(self, visit: Visit) -> None:
         """Write what changed now, before the response goes out, so that the browser's next
-        request — on any process — sees it; limits decided at save time are applied here.
-        A request refused by a limit changes nothing (:class:`SessionLimitError`)."""
+        request — on any process — sees it; limits decided at save time are applied here. A request
+        refused by a limit changes nothing
+        ([`SessionLimitError`][servletsession.SessionLimitError])."""
         session = visit.session
         assert session is not None
         if session._valid and self._limits.enforcing and not visit.refused:
@@ -279,7 +283,8 @@ class SessionManager:
 
     def change_session_id_now(self, session: HttpSession) -> str:
         """Give ``session`` a new ID at once in this process (the old one is refused here from
-        now on); the store follows as the response starts, or with :meth:`change_session_id`.
+        now on); the store follows as the response starts, or with
+        [`change_session_id`][servletsession.SessionManager.change_session_id].
 
         Fires ``session_id_changed(event, old_session_id)``. Attributes and creation time stay.
         """

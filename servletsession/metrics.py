@@ -14,9 +14,9 @@
   ``locking="session"``) or ``other``.
 
 The store is observed without changing it: each of its async operations is wrapped on the store
-instance (outermost calls only, so a store calling itself is timed once); :meth:`close` puts
+instance (outermost calls only, so a store calling itself is timed once); `close` puts
 them back. ``servletsession.admin.AdminApp`` serves the metrics at ``/metrics``, or call
-:meth:`render` yourself.
+`render` yourself.
 """
 
 from __future__ import annotations

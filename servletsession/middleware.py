@@ -33,9 +33,10 @@ _START = ("http.response.start", "websocket.accept", "websocket.http.response.st
 class SessionMiddleware:
     """Server-side sessions for an ASGI app.
 
-    Cookie options belong here; session policy belongs to the :class:`SessionManager`. Pass
-    ``manager=`` to share one manager (with its listeners and limits), or ``store=`` and
-    ``max_inactive_interval=`` to have one built — not both.
+    Cookie options belong here; session policy belongs to the
+    [`SessionManager`][servletsession.SessionManager]. Pass ``manager=`` to share one manager (with
+    its listeners and limits), or ``store=`` and ``max_inactive_interval=`` to have one built — not
+    both.
     """
 
     def __init__(

@@ -1,10 +1,10 @@
 """How a manager keeps its sessions: the interface both strategies implement, and a request's visit.
 
 ``SessionManager`` holds policy (limits, listeners, timeouts); what it takes to keep sessions is
-one of two strategies, each given only what it needs (a :class:`SessionHost`):
+one of two strategies, each given only what it needs (a `SessionHost`):
 
-* :class:`~servletsession.live.LiveSessions` — ``MemoryStore``: the store holds the live objects.
-* :class:`~servletsession.shared.SharedSessions` — SQL, Redis: the store is the truth, and a
+* `LiveSessions` — ``MemoryStore``: the store holds the live objects.
+* `SharedSessions` — SQL, Redis: the store is the truth, and a
   process's object is only a share among that process's concurrent requests of the session.
 """
 

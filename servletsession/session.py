@@ -1,6 +1,6 @@
 """``HttpSession``: one browser's server-side state, with the Servlet spec's event ordering.
 
-The session talks to its manager only through the small :class:`SessionOwner` interface (can a
+The session talks to its manager only through the small `SessionOwner` interface (can a
 value be stored; it is going away; its timeout moved; who listens). The rest is the manager's.
 """
 
@@ -58,9 +58,10 @@ class SessionOwner(Protocol):
 class HttpSession(MutableMapping[str, Any]):
     """The Servlet ``HttpSession``: attributes, timestamps, idle timeout, ``invalidate()``.
 
-    It is also a ``MutableMapping[str, Any]``; every write goes through :meth:`set_attribute` or
-    :meth:`remove_attribute`, so listeners fire either way. Sessions are equal only if identical;
-    the :class:`~servletsession.SessionManager` creates them, never route code.
+    It is also a ``MutableMapping[str, Any]``: every write goes through
+    [`set_attribute`][servletsession.HttpSession.set_attribute] or
+    [`remove_attribute`][servletsession.HttpSession.remove_attribute], so listeners fire either way.
+    Equal only if identical; the [`SessionManager`][servletsession.SessionManager] creates them.
     """
 
     __slots__ = (
@@ -157,7 +158,7 @@ class HttpSession(MutableMapping[str, Any]):
     @property
     def last_accessed_time(self) -> float:
         """The start of the previous request that joined this session (``getLastAccessedTime()``);
-        equal to :attr:`creation_time` during the request that created it."""
+        [`creation_time`][servletsession.HttpSession.creation_time] in the one creating it."""
         self._check_valid()
         return self._last_accessed_time
 
@@ -324,10 +325,10 @@ class HttpSession(MutableMapping[str, Any]):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        """End the session now (``invalidate()``); see :meth:`_expire` for the order of events.
+        """End the session now (``invalidate()``); see `_expire` for the order of events.
 
-        Raises :class:`IllegalStateError` if the session is already invalid. Called again by one
-        of its own listeners while it is being destroyed, it does nothing.
+        Raises [`IllegalStateError`][servletsession.IllegalStateError] if already invalid; called
+        again by one of its own listeners while it is being destroyed, it does nothing.
         """
         if not self._valid:
             if self._expiring:

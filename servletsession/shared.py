@@ -1,7 +1,7 @@
 """``SharedSessions``: sessions in a store several processes share (SQL, Redis). The store decides.
 
-A process's :class:`HttpSession` is only a *share* among that process's concurrent requests of the
-session. So:
+A process's [`HttpSession`][servletsession.HttpSession] is only a *share* among that process's
+concurrent requests of the session. So:
 
 * every joining request confirms the session with the store, in the round trip that records its
   access; a session the store no longer has is dropped here, never saved back;
@@ -10,7 +10,7 @@ session. So:
 * an ID that this process changed or ended is refused here at once (``retired``) and everywhere
   once the store has the change, which is written as the response starts;
 * saves write what changed, attribute by attribute, and metadata only when it changed;
-* while a request or websocket is in flight, :meth:`keep_alive` keeps the stored deadline ahead
+* while a request or websocket is in flight, `keep_alive` keeps the stored deadline ahead
   (a session in use is not idle) and renews each request's lock lease; the absolute timeout
   holds however busy the session is;
 * a store that cannot answer makes the request a *refused* one (503): nothing of it is written,
@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 
 class SharedSessions:
-    """The :class:`~servletsession.persistence.Sessions` strategy for a shared store."""
+    """The `Sessions` strategy for a shared store."""
 
     def __init__(self, store: SerializingStore, host: SessionHost) -> None:
         self._store = store
@@ -432,7 +432,7 @@ class SharedSessions:
         await self.locks.release(visit, session_id)
 
     def tick(self) -> float:
-        """How often :meth:`keep_alive` should run, in seconds of wall time: often enough that
+        """How often `keep_alive` should run, in seconds of wall time: often enough that
         a lease is renewed twice before it runs out, and a deadline well before it passes."""
         settings = self._host.settings
         candidates = [5.0]

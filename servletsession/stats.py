@@ -32,7 +32,7 @@ class SessionStats:
 
 
 class StatsCounter:
-    """The mutable counters behind :class:`SessionStats`."""
+    """The mutable counters behind [`SessionStats`][servletsession.SessionStats]."""
 
     __slots__ = (
         "bad_signatures",

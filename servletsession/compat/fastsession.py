@@ -70,7 +70,7 @@ class FastSession:
 
 
 class _InstallFastSession:
-    """Puts a :class:`FastSession` at ``request.state.<name>`` unless a skip header matches."""
+    """Puts a `FastSession` at ``request.state.<name>`` unless a skip header matches."""
 
     def __init__(self, app: ASGIApp, name: str, skip: list[tuple[bytes, bytes]]) -> None:
         self.app = app
@@ -96,8 +96,8 @@ class _InstallFastSession:
 class FastSessionMiddleware:
     """``fastsession.FastSessionMiddleware``'s parameters, servletsession's behaviour.
 
-    Further keyword options go to :class:`~servletsession.SessionMiddleware` (``manager=``,
-    ``max_inactive_interval=``, ``cookie_name`` aside).
+    Further keyword options go to [`SessionMiddleware`][servletsession.SessionMiddleware]
+    (``manager=``, ``max_inactive_interval=``, ``cookie_name`` aside).
     """
 
     def __init__(

@@ -6,11 +6,12 @@ response goes out. Time is always passed in (``now``), so that one injectable cl
 
 Two kinds of store meet two contracts:
 
-* :class:`SessionStore` — what every store answers: counts and indexes for operators and limits.
-* :class:`SharedStore` — a store that several processes share (SQL, Redis). It holds records, not
+* [`SessionStore`][servletsession.SessionStore] — what every store answers: counts and indexes for
+  operators and limits.
+* `SharedStore` — a store that several processes share (SQL, Redis). It holds records, not
   live objects, and it is the truth: every request confirms its session with it, every end of a
   session is claimed in it, and it hands each expired session to exactly one process. Its methods
-  take and return plain :class:`StoredSession` / :class:`SessionWrite` records; a store author
+  take and return plain `StoredSession` / `SessionWrite` records; a store author
   reads the docstrings below and knows the job.
 
 ``MemoryStore`` keeps live objects in this process and is driven directly by the manager.
@@ -71,7 +72,7 @@ class SessionWrite:
     max_inactive_interval: int = 0
     absolute_timeout: float | None = None
     #: With ``locking="session"``: the token of the request's lock; the save is refused with
-    #: :class:`LockLostError` unless that token still holds the session's lock.
+    #: `LockLostError` unless that token still holds the session's lock.
     lock_token: str | None = None
 
     def __bool__(self) -> bool:
@@ -115,7 +116,7 @@ class SessionStore(ABC):
 
 class SharedStore(SessionStore):
     """A store that several processes share. Every method is one round trip where it can be,
-    and raises :class:`StoreUnavailableError` when the store cannot answer (never anything
+    and raises `StoreUnavailableError` when the store cannot answer (never anything
     that would turn into a fresh session or an HTTP 500).
 
     Deadlines: ``expires_at`` is rewritten only when it has fallen below ``now + interval``; it

@@ -18,8 +18,8 @@ in many shapes that a plain ``except OperationalError`` misses:
   ``BusyLoadingError``, and errors raised inside a Lua script as a ``ResponseError`` whose message
   carries the original error code.
 
-:func:`sql_unavailable` and :func:`redis_unavailable` answer the question for each driver family,
-and :func:`describe` gives a one-line reason for the log that never contains SQL text or bound
+`sql_unavailable` and `redis_unavailable` answer the question for each driver family,
+and `describe` gives a one-line reason for the log that never contains SQL text or bound
 parameters (session IDs are parameters). Neither SQLAlchemy, asyncpg nor redis is imported at
 import time: each classifier imports its driver lazily and works without the others installed.
 """

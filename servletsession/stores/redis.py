@@ -7,7 +7,7 @@ principal). Its TTL follows the deadline, plus a grace period, so that the reape
 ends the session and its listeners fire. Deadlines are filed in the shard's sorted set for the
 reaper; a deadline that only grows (a touch) is not re-filed: the entry runs early, and the
 reaper re-files what it finds not due. Principal sets live as long as their longest-lived member.
-Key names and shards: see :mod:`~servletsession.stores.redis_layout`.
+Key names and shards: see `redis_layout`.
 
 Every operation on a session is one Lua script in one slot: atomic, and one round trip. A joining
 request costs one round trip (it records its access and confirms the session), a writing one two.
@@ -259,8 +259,9 @@ class RedisStore(ShardedIndexes, SerializingStore):
     # --- plumbing ----------------------------------------------------------------------------
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """One script, bounded by ``socket_timeout``, failures as in :meth:`answering` (the hot
-        path: ``EVALSHA`` straight on the client, loading the script where a node lacks it)."""
+        """One script, bounded by ``socket_timeout``, failures as in
+        [`answering`][servletsession.stores.redis.RedisStore.answering] (the hot path: ``EVALSHA``
+        straight on the client, loading the script where a node lacks it)."""
         client = self.client
         try:
             async with asyncio.timeout(self.timeout):

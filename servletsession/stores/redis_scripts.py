@@ -4,7 +4,7 @@ Every key a script touches is in one hash slot: the session's hash, its lock, it
 index and its shard's principal sets share the shard's hash tag (see ``redis_layout``). A key name
 built inside a script (a principal set) is therefore local too, on a single node and on a cluster.
 
-The deadline rule is the one :class:`~servletsession.stores.base.SharedStore` states: rewrite a
+The deadline rule is the one `SharedStore` states: rewrite a
 deadline only once it has fallen below ``now + interval``, then to ``now + interval + pad``.
 
 A session being moved to another slot by an ID change carries ``#m`` (its new ID) and ``#t`` (the

@@ -1,8 +1,8 @@
 """What the stores that leave the process (SQL, Redis) share: serialization and the name rules.
 
 Every shared store accepts the same attribute names and values, so that an app moving from one to
-another meets no new refusal: a name is a non-empty ``str`` of at most :data:`MAX_NAME_LENGTH`
-characters without NUL or lone surrogates; a value is what :class:`JSONSerializer` can write.
+another meets no new refusal: a name is a non-empty ``str`` of at most `MAX_NAME_LENGTH`
+characters without NUL or lone surrogates; a value is what `JSONSerializer` can write.
 """
 
 from __future__ import annotations
