@@ -90,6 +90,7 @@ class SessionLimits:
             self._shared_count = await host.store.count()
             self._counted_at = now
             self._created_since_count = 0
+            host.counter.max_active = max(host.counter.max_active, self._shared_count)
 
     def check_create(self) -> None:
         """Refuse a new session under ``"reject"`` when the limit is reached."""

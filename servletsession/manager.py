@@ -1,10 +1,8 @@
 """``SessionManager``: creates, finds, saves, renames, expires and reaps sessions; owns listeners.
 
-It is the only thing that talks to the store, through one of two strategies
-(`servletsession.persistence`): live objects for ``MemoryStore``, "the store decides" for a
-shared store. Route code reaches it through the request functions (``get_session`` and friends);
-operators and tests may use it directly.
-"""
+It alone talks to the store, through one of two strategies (`servletsession.persistence`): live
+objects for ``MemoryStore``, "the store decides" for a shared store. Route code reaches it through
+``get_session`` and friends; operators and tests may use it directly."""
 
 from __future__ import annotations
 
@@ -191,7 +189,8 @@ class SessionManager:
         self._limits.created()
         counter = self._counter
         counter.created += 1
-        counter.max_active = max(counter.max_active, self._limits.active)
+        if not self.shared:  # exact here; a shared store's peak is taken when it is counted
+            counter.max_active = max(counter.max_active, self._limits.active)
         created = self._listeners.session_created
         if created:
             deliver(session, created, HttpSessionEvent(session))
@@ -404,7 +403,9 @@ class SessionManager:
 
     async def stats(self) -> SessionStats:
         """Counters since the manager started, and the number of sessions held now."""
-        return self._counter.snapshot(await self.store.count())
+        counter, active = self._counter, await self.store.count()
+        counter.max_active = max(counter.max_active, active)
+        return counter.snapshot(active)
 
     @property
     def counter(self) -> StatsCounter:

@@ -775,3 +775,27 @@ async def test_a_request_whose_session_another_process_ended_or_renamed_sends_no
         assert shown["attributes"] == {"cart": "tea", "user": "alice"}
     else:
         assert shown == {"session": False}
+
+
+# --- K. stats ----------------------------------------------------------------------------------
+
+
+@stores()
+async def test_max_active_is_the_most_sessions_held_at_once_not_the_number_created(
+    processes: Process, clock: FakeClock
+) -> None:
+    manager, _ = processes(max_inactive_interval=60)
+    made = []
+    for _ in range(3):
+        session = manager.create_session()
+        await manager.release(session)
+        made.append(session)
+    assert (await manager.stats()).max_active == 3
+    for session in made[:2]:
+        joined = await manager.find(session.id)
+        assert joined is not None
+        await manager.invalidate(joined)
+    for _ in range(2):  # five created in all, never more than three held at once
+        await manager.release(manager.create_session())
+    stats = await manager.stats()
+    assert (stats.created, stats.active, stats.max_active) == (5, 3, 3)
