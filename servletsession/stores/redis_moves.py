@@ -99,7 +99,15 @@ class MovingSessions:
             args = [commit_by, lease, new_id, layout.principals_of(new_id), hash_ttl, lock_value,
                     lock_ttl, meta.get("#e", ""), meta.get("#p", ""), old_id, record_ttl,
                     *fields]  # fmt: skip
-            moved_in = await self._in(keys=keys, args=args)
+            try:
+                moved_in = await self._in(keys=keys, args=args)
+            except Exception:
+                # The reply may be what was lost (a dropped connection): if the commit record is
+                # there the move happened, and answering 503 would strand the session under an ID
+                # no browser holds. (If this check cannot answer either, the 503 stands.)
+                if not await store.client.exists(layout.moved_key(new_id)):
+                    raise
+                moved_in = 1
         if not moved_in:
             raise StoreUnavailableError(
                 "the session could not move to its new ID in time; its ID is unchanged"
