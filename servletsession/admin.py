@@ -15,11 +15,14 @@ The JSON API: ``GET api/stats``, ``api/sessions`` (same query parameters), ``api
 (``{"principal": …}``), ``api/sessions/invalidate-idle`` (``{"minutes": …}``); and ``/metrics``
 when prometheus-client is installed. Sessions are addressed by an unguessable admin ref, never by
 ID; attribute values are shown only for the names in ``show_values``. Every ``POST`` needs the
-CSRF token (`servletsession.admin_csrf`).
+CSRF token (`servletsession.admin_csrf`). While the store cannot answer, every route that needs it
+answers 503 with ``Retry-After`` (an error page, or ``{"error": …}`` under ``api/``); ``/metrics``
+still answers 200 with what this process knows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import inspect
@@ -44,6 +47,7 @@ from . import admin_pages as pages
 from .admin_auth import Auth, AuthResult, basic_auth, session_role
 from .admin_csrf import FIELD, HEADER, CsrfGuard
 from .admin_query import Query, QueryError, SessionDirectory, parse_minutes, parse_query
+from .errors import StoreUnavailableError
 from .manager import SessionManager
 
 __all__ = ["AdminApp", "Auth", "AuthResult", "basic_auth", "session_role"]
@@ -141,7 +145,34 @@ class AdminApp:
         elif allowed is not True:
             await PlainTextResponse("forbidden\n", status_code=403)(scope, receive, send)
         else:
-            await self._router(scope, receive, send)
+            await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The router, with a store outage answered 503 + ``Retry-After`` (never a 500)."""
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._router(scope, receive, sending)
+        except StoreUnavailableError as exc:
+            if started:  # pragma: no cover - every response is built before it is sent
+                raise
+            request = Request(scope)
+            retry = {"Retry-After": str(self.manager.settings.retry_after)}
+            message = f"The session store is unavailable; try again shortly ({exc})."
+            if _route_path(scope).startswith("/api/"):
+                response: Response = JSONResponse(
+                    {"error": "session store unavailable"}, 503, retry | _NO_STORE
+                )
+            else:
+                home = "../" * (_route_path(scope).count("/") - 1) or "./"
+                response = self._html_error(request, 503, message, home)
+                response.headers.update(retry)
+            await response(scope, receive, send)
 
     # --- HTML -------------------------------------------------------------------------------
 
@@ -307,7 +338,10 @@ class AdminApp:
             return PlainTextResponse(
                 "install prometheus-client (servletsession[metrics])\n", status_code=404
             )
-        await self.metrics.refresh()
+        # A store outage: the counters and the store's errors (this failed count among them)
+        # still tell the story; servletsession_active keeps its last value.
+        with contextlib.suppress(StoreUnavailableError):
+            await self.metrics.refresh()
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -316,6 +350,12 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def _derive(key: bytes, purpose: bytes) -> bytes:
     return hmac.digest(key, b"servletsession.admin." + purpose, "sha256")
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path inside the admin app (``/``, ``/api/sessions``…)."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _body(request: Request) -> bytes | None:

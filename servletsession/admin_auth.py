@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from .context import get_session
+from .errors import ConfigurationError
 
 AuthResult = bool | Response
 Auth = Callable[[Request], AuthResult | Awaitable[AuthResult]]
@@ -27,11 +28,18 @@ def basic_auth(users: Mapping[str, str], *, realm: str = "servletsession admin")
 
     A request without valid credentials gets ``401`` with ``WWW-Authenticate``, so a browser asks
     for them and sends them with every later request to the app. Use it over HTTPS only.
+    ``ConfigurationError`` at once for a user name with ``:``, an empty password, or a ``realm``
+    a header cannot carry (control characters, anything beyond Latin-1).
     """
     if not users:
-        raise ValueError("basic_auth needs at least one user name and password")
+        raise ConfigurationError("basic_auth needs at least one user name and password")
+    for name, password in users.items():
+        if ":" in name:
+            raise ConfigurationError(f"basic_auth user name {name!r}: ':' ends a Basic user name")
+        if not password:
+            raise ConfigurationError(f"basic_auth user {name!r} has an empty password")
     expected = {name.encode(): password.encode() for name, password in users.items()}
-    challenge = f'Basic realm="{realm}", charset="UTF-8"'
+    challenge = f'Basic realm="{_quoted(realm)}", charset="UTF-8"'
 
     def check(request: Request) -> AuthResult:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -49,6 +57,16 @@ def basic_auth(users: Mapping[str, str], *, realm: str = "servletsession admin")
         )
 
     return check
+
+
+def _quoted(realm: str) -> str:
+    """``realm`` as the inside of an RFC 9110 quoted-string (``"`` and ``\\`` escaped)."""
+    if any(ord(c) > 0xFF or (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in realm):
+        raise ConfigurationError(
+            f"basic_auth realm {realm!r} holds control characters or characters beyond "
+            "Latin-1, which an HTTP header cannot carry"
+        )
+    return realm.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def session_role(

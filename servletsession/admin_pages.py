@@ -61,7 +61,8 @@ th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid var(-
 th { background: #eef1f4; font-size: .85rem; white-space: nowrap; }
 th a { text-decoration: none; color: inherit; } th a.sorted { color: var(--accent); }
 td.actions { white-space: nowrap; } td.actions form { margin: 0 0 .3rem; }
-.names { font-size: .85rem; } td[data-label=Session] code { white-space: nowrap; }
+.names { font-size: .85rem; overflow-wrap: anywhere; }
+td[data-label=Session] code { white-space: nowrap; }
 .badge { white-space: nowrap; font-size: .75rem; background: #fff4d6;
   border: 1px solid #e8cf86; border-radius: 3px; padding: 0 .3rem; margin-left: .25rem; }
 .spaced { margin-top: .75rem; }
@@ -170,7 +171,7 @@ def _row(row: Row, token: str, back: str, prefix: str) -> str:
         escape(row.principal) if row.principal is not None else '<span class="muted">—</span>'
     )
     names = ", ".join(
-        f"{escape(a.name)}&nbsp;<span class='muted'>({size(a.size)})</span>"
+        f"{escape(a.name)} <span class='muted'>({size(a.size)})</span>"
         for a in row.attributes[:_NAMES_SHOWN]
     )
     if len(row.attributes) > _NAMES_SHOWN:

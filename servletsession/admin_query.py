@@ -214,15 +214,12 @@ class SessionDirectory:
         )
 
     def _attribute(self, name: str, value: Any) -> Attribute:
-        try:
+        try:  # any object a memory store holds: one odd value must not break the page
             size: int | None = len(self._serializer.dumps(name, value))
-        except TypeError:
+        except Exception:
             size = None
-        shown = None
-        if name in self._show_values:
-            text = json.dumps(value, default=_plain, ensure_ascii=False, indent=1)
-            shown = json.dumps(text[:_VALUE_PREVIEW]) if len(text) > _VALUE_PREVIEW else text
-        return Attribute(name, size, shown)
+        shown = _shown(value) if name in self._show_values else None
+        return Attribute(safe_text(name), size, shown)
 
     async def page(self, query: Query) -> Page:
         """The sessions ``query`` selects, sorted, one page of them."""
@@ -264,7 +261,9 @@ class SessionDirectory:
         return await self.manager.invalidate_all(principal)
 
     async def invalidate_idle(self, minutes: int) -> int:
-        """Invalidate every session idle for at least ``minutes`` (none a request holds)."""
+        """Invalidate every session idle for at least ``minutes``: none a request of this worker
+        holds; on a shared store idle counts from the stored deadline, which another worker's
+        keeper keeps ahead while a request of its own holds the session (idle timeout > 0)."""
         idle_ids: list[str] = []
         offset = 0
         while True:  # find them all first: ending sessions while paging would shift the pages
@@ -289,6 +288,30 @@ class SessionDirectory:
         seen = activity(session)
         idle = not seen.in_use and self.manager.clock() - seen.idle_since >= minutes * 60
         return session if idle else None
+
+
+def safe_text(text: str) -> str:
+    """``text`` with lone surrogates (not encodable as UTF-8) written as ``\\udfff``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown(value: Any) -> str:
+    """An opted-in value as JSON text (cut to `_VALUE_PREVIEW`), else its ``repr`` as a JSON
+    string: a tuple key, a cycle, a NaN or a 5,000-digit int is shown, never an error."""
+    try:
+        text = json.dumps(value, default=_plain, ensure_ascii=False, indent=1, allow_nan=False)
+        text.encode("utf-8")  # lone surrogates in a string
+    except Exception:
+        try:
+            text = repr(value)
+        except Exception:  # a huge int, a __repr__ that raises
+            text = f"<{type(value).__qualname__} object>"
+        return json.dumps(safe_text(text[:_VALUE_PREVIEW]), ensure_ascii=False)
+    return (
+        json.dumps(text[:_VALUE_PREVIEW], ensure_ascii=False)
+        if len(text) > _VALUE_PREVIEW
+        else text
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -57,7 +57,8 @@ _MAX_NAMES_SHOWN = 5
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"servletsession: error: {message} (see '{self.prog} --help')\n")
+        line = printable(" ".join(message.split()))
+        self.exit(2, f"servletsession: error: {line} (see '{self.prog} --help')\n")
 
 
 def _count(minimum: int) -> Any:
@@ -91,6 +92,12 @@ def _ref(text: str) -> str:
 def _principal(text: str) -> str:
     if not text or len(text) > 255:
         raise argparse.ArgumentTypeError("takes a principal of 1 to 255 characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a byte of the command line that is not UTF-8 (a lone surrogate)
+        raise argparse.ArgumentTypeError(
+            f"takes a principal that is valid UTF-8 text, got {printable(repr(text))}"
+        ) from None
     return text
 
 
@@ -313,6 +320,7 @@ async def _purge(manager: SessionManager, args: argparse.Namespace, console: Con
 
 
 _COMMANDS = {"stats": _stats, "list": _list, "invalidate": _invalidate, "purge-expired": _purge}
+_READ_ONLY = frozenset({"stats", "list"})  # a SQLite file is opened read-only: left as it was
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -320,7 +328,8 @@ async def _run(args: argparse.Namespace) -> int:
         from rich.console import Console
     except ImportError as exc:
         raise CommandError(f"{exc} (pip install 'servletsession[cli]')", code=2) from exc
-    manager = await open_manager(args.store, args.prefix, _warn)
+    read_only = args.command in _READ_ONLY
+    manager = await open_manager(args.store, args.prefix, _warn, read_only=read_only)
     try:
         # Piped or captured output is not wrapped at 80 columns: rows stay whole for grep.
         width = None if sys.stdout.isatty() else 1_000
@@ -329,13 +338,17 @@ async def _run(args: argparse.Namespace) -> int:
         await manager.close()
 
 
+def _one_line(message: object) -> str:
+    """``message`` on one line, its control characters (escape sequences) shown escaped."""
+    return printable(" ".join(str(message).split()))
+
+
 def _warn(message: str) -> None:
-    print(f"servletsession: warning: {' '.join(message.split())}", file=sys.stderr)
+    print(f"servletsession: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _fail(message: object, code: int) -> int:
-    line = " ".join(str(message).split())  # one line, whatever the message
-    print(f"servletsession: error: {line}", file=sys.stderr)
+    print(f"servletsession: error: {_one_line(message)}", file=sys.stderr)
     return code
 
 

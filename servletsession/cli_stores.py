@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError, StoreUnavailableError
 from .manager import SessionManager
@@ -80,10 +80,14 @@ def safe_url(url: str) -> str:
         return url.split("@")[-1]
 
 
-async def open_manager(url: str, prefix: str | None, warn: Callable[[str], None]) -> SessionManager:
+async def open_manager(
+    url: str, prefix: str | None, warn: Callable[[str], None], *, read_only: bool = False
+) -> SessionManager:
     """A manager on the store at ``url``, checked usable: connected, credentials accepted, the
     app's tables there. Creates nothing. ``warn`` hears of a Redis prefix holding no session
-    while others hold some (Redis keeps no trace of an empty store: it may be right)."""
+    while others hold some (Redis keeps no trace of an empty store: it may be right).
+    ``read_only``: a SQLite file is opened read-only, and left byte for byte as it was (not
+    switched to WAL)."""
     kind = store_kind(url)
     options: dict[str, Any] = {}
     if kind == "redis":
@@ -93,10 +97,13 @@ async def open_manager(url: str, prefix: str | None, warn: Callable[[str], None]
         options["create_tables"] = False
         if prefix is not None:
             options["table_prefix"] = prefix
+    opened = url
     if kind == "sqlite":
-        _check_sqlite_file(url)
+        path = _check_sqlite_file(url)
+        if read_only:
+            opened = _read_only_sqlite_url(url, path)
     try:
-        store = store_from_url(url, **options)
+        store = store_from_url(opened, **options)
     except ImportError as exc:
         raise CommandError(f"{exc} (pip install 'servletsession[cli]')", code=2) from exc
     except (ConfigurationError, ValueError) as exc:
@@ -106,14 +113,15 @@ async def open_manager(url: str, prefix: str | None, warn: Callable[[str], None]
         if kind == "redis":
             await _check_redis(store, url, warn)  # type: ignore[arg-type]
         else:
-            await _check_tables(store)  # type: ignore[arg-type]
+            await _check_tables(store, safe_url(url))  # type: ignore[arg-type]
     except BaseException:
         await manager.close()
         raise
     return manager
 
 
-def _check_sqlite_file(url: str) -> None:
+def _check_sqlite_file(url: str) -> str:
+    """The path of the existing SQLite file ``url`` names."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -132,12 +140,25 @@ def _check_sqlite_file(url: str) -> None:
             f"no SQLite database at {os.path.abspath(path)}: check the path "
             "(sqlite:///relative.db, sqlite:////absolute.db); nothing was created"
         )
+    return path
 
 
-async def _check_tables(store: SQLStore) -> None:
+def _read_only_sqlite_url(url: str, path: str) -> str:
+    """``url`` opening its file read-only: a SQLite URI ``file:…?mode=ro`` (``uri=true``)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if not (database.startswith("file:") and parsed.query.get("uri") in ("true", "1")):
+        # the path, %-escaped as a SQLite URI wants it (``?``, ``#``, ``%`` in a file name)
+        database = "file:" + quote(os.path.abspath(path))
+    read_only = parsed.set(database=database).update_query_dict({"uri": "true", "mode": "ro"})
+    return read_only.render_as_string(hide_password=False)
+
+
+async def _check_tables(store: SQLStore, where: str) -> None:
     from sqlalchemy import inspect
 
-    where = store.engine.url.render_as_string(hide_password=True)
     try:
         async with store.engine.connect() as conn:
             names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))

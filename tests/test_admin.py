@@ -140,8 +140,8 @@ async def test_the_list_shows_times_idle_and_attribute_names_and_sizes_but_no_va
         listed = (await http.get("/admin/api/sessions")).json()
     assert '<time datetime="2023-11-14T22:13:20+00:00">2023-11-14 22:13:20 UTC</time>' in page
     assert "3&nbsp;h 12&nbsp;min" in page
-    assert "cart&nbsp;<span class='muted'>(" in page
-    assert "user&nbsp;<span class='muted'>(" in page
+    assert "cart <span class='muted'>(" in page  # a long name wraps (a phone's width)
+    assert "user <span class='muted'>(" in page
     assert "TOP-SECRET-CART" not in page + str(listed)
     (row,) = listed["sessions"]
     assert row["created"] == "2023-11-14T22:13:20+00:00"
@@ -547,3 +547,144 @@ def test_configuration_mistakes_fail_at_construction() -> None:
         AdminApp(manager, auth=allow, show_values="cart")
     with pytest.raises(ValueError, match="max_limit"):
         AdminApp(manager, auth=allow, max_limit=0)
+
+
+# --- a store outage, odd values, a session in use elsewhere, basic_auth's settings --------------
+
+
+async def test_a_store_outage_is_503_with_retry_after_and_metrics_still_answer() -> None:
+    from servletsession.stores import store_from_url
+
+    manager = SessionManager(store_from_url("redis://127.0.0.1:1/15", prefix="admin-outage:"))
+    app = admin_app(manager)
+    transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx2.AsyncClient(transport=transport, base_url="https://testserver") as http:
+            metrics = await http.get("/admin/metrics")
+            headers = await api_token(http)
+            for path in ("/admin/", "/admin/sessions/" + "A" * 22):
+                page = await http.get(path)
+                assert page.status_code == 503, path
+                assert page.headers["retry-after"] == "5"
+                assert "session store is unavailable" in page.text
+                assert page.headers["content-type"].startswith("text/html")
+            for path in (
+                "/admin/api/stats",
+                "/admin/api/sessions",
+                "/admin/api/sessions/" + "A" * 22,
+            ):
+                answer = await http.get(path)
+                assert answer.status_code == 503, path
+                assert answer.headers["retry-after"] == "5"
+                assert answer.json() == {"error": "session store unavailable"}
+            body = {"minutes": 5}
+            idle = await http.post(
+                "/admin/api/sessions/invalidate-idle", json=body, headers=headers
+            )
+            assert idle.status_code == 503
+    finally:
+        await manager.close()
+    assert metrics.status_code == 200
+    assert 'servletsession_store_errors_total{kind="unavailable",operation="count"}' in metrics.text
+    assert "servletsession_created_total 0.0" in metrics.text
+
+
+ODD_VALUES: dict[str, tuple[str, Any]] = {
+    "tuple key": ("cart", {(1, 2): "x"}),
+    "huge int": ("cart", 10**5000),
+    "nan": ("cart", float("nan")),
+    "surrogate value": ("cart", "a\udfffb"),
+    "surrogate name": ("draft:\udfff", 1),
+    "raising repr": ("cart", type("Odd", (), {"__repr__": lambda self: 1 / 0})()),
+}
+
+
+@pytest.mark.parametrize("kind", [*ODD_VALUES, "circular"])
+async def test_one_odd_attribute_never_breaks_the_admin(clock: FakeClock, kind: str) -> None:
+    manager = SessionManager(clock=clock)  # the memory store holds any object
+    app = admin_app(manager, show_values={"cart"})
+    (ada,) = await sign_in(app, "ada")
+    session = await manager.find(ada.session_id)
+    assert session is not None
+    if kind == "circular":
+        name, value = "cart", []
+        value.append(value)
+    else:
+        name, value = ODD_VALUES[kind]
+    session[name] = value
+    await manager.release(session)
+    async with client(app) as http:
+        page = await http.get("/admin/")
+        rows = (await http.get("/admin/api/sessions")).json()["sessions"]
+        detail = await http.get(f"/admin/api/sessions/{rows[0]['ref']}")
+        detail_page = await http.get(f"/admin/sessions/{rows[0]['ref']}")
+    assert page.status_code == detail.status_code == detail_page.status_code == 200
+    shown = {a["name"]: a.get("value") for a in detail.json()["attributes"]}
+    expected = {
+        "tuple key": "{(1, 2): 'x'}",
+        "huge int": "<int object>",
+        "nan": "nan",
+        "surrogate value": "'a\\udfffb'",
+        "surrogate name": None,
+        "raising repr": "<Odd object>",
+        "circular": "[[...]]",
+    }[kind]
+    assert shown["draft:\\udfff" if kind == "surrogate name" else "cart"] == expected
+
+
+async def test_idle_invalidation_spares_a_session_kept_alive_by_another_worker(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    worker_a = SessionManager(SQLStore(url), clock=clock, max_inactive_interval=7200)
+    worker_b = SessionManager(SQLStore(url), clock=clock, max_inactive_interval=7200)
+    try:
+        app_a, app_b = admin_app(worker_a), admin_app(worker_b)
+        ada, bob = await sign_in(app_b, "ada", "bob")
+        held = await worker_b.find(ada.session_id)  # a long request on worker B
+        assert held is not None
+        for _ in range(40):  # 40 minutes, B's keeper ticking (every few seconds in real time)
+            clock.advance(60)
+            await worker_b.keep_alive()
+        async with client(app_a) as http:
+            rows = (await http.get("/admin/api/sessions?sort=principal")).json()["sessions"]
+            headers = await api_token(http)
+            url_idle = "/admin/api/sessions/invalidate-idle"
+            done = await http.post(url_idle, json={"minutes": 30}, headers=headers)
+            assert [(r["principal"], r["in_use"]) for r in rows] == [("ada", False), ("bob", False)]
+            assert rows[0]["idle_seconds"] == 0  # bob's is 40 min less the store's pad (30 s):
+            assert rows[1]["idle_seconds"] == 40 * 60 - 30  # measured from its stored deadline
+            assert done.json() == {"invalidated": 1}  # bob only
+            assert (await bob.get(app_b, "/get/user")).json() == {"session": False}
+            await worker_b.release(held)  # the request ends: idle from now on
+            clock.advance(31 * 60)
+            done = await http.post(url_idle, json={"minutes": 30}, headers=headers)
+            assert done.json() == {"invalidated": 1}
+    finally:
+        await worker_a.close()
+        await worker_b.close()
+
+
+def test_basic_auth_refuses_settings_that_cannot_work_at_construction() -> None:
+    from servletsession.errors import ConfigurationError
+
+    for realm in ("Админка", "ops\r\nSet-Cookie: x=1", "a\x00b"):
+        with pytest.raises(ConfigurationError, match="realm"):
+            basic_auth({"ops": "pw"}, realm=realm)
+    with pytest.raises(ConfigurationError, match="':' ends a Basic user name"):
+        basic_auth({"ops:prod": "pw"})
+    with pytest.raises(ConfigurationError, match="empty password"):
+        basic_auth({"ops": ""})
+    with pytest.raises(ConfigurationError, match="at least one user"):
+        basic_auth({})
+
+
+async def test_basic_auth_escapes_the_realm_as_a_quoted_string(clock: FakeClock) -> None:
+    app = admin_app(
+        SessionManager(clock=clock), auth=basic_auth({"ops": "pw"}, realm='a "b" \\c é')
+    )
+    async with client(app) as http:
+        challenge = await http.get("/admin/")
+    assert challenge.status_code == 401
+    raw = dict(challenge.headers.raw)[b"www-authenticate"]
+    assert raw == b'Basic realm="a \\"b\\" \\\\c \xe9", charset="UTF-8"'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -414,3 +415,67 @@ def test_read_only_commands_create_no_tables_in_an_existing_sqlite_file(tmp_path
     with sqlite3.connect(path) as conn:
         tables = [row[0] for row in conn.execute("select name from sqlite_master")]
     assert tables == ["mine"]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["list"], ["list", "--principal", "ada"]])
+def test_read_only_commands_leave_an_sqlite_file_byte_for_byte_as_it_was(
+    command: list[str], tmp_path: Path
+) -> None:
+    other = tmp_path / "other.db"  # another app's database, rollback journal (SQLite's default)
+    sqlite3.connect(other).execute("create table t (x)").connection.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (other, empty):
+        before = digest(path)
+        assert main([*command, "--store", f"sqlite:///{path}"]) == 1  # no table
+        assert digest(path) == before  # not switched to WAL, not made a database
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]
+    with sqlite3.connect(other) as conn:
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "delete"
+
+
+def test_read_only_commands_read_the_apps_wal_database_and_writing_ones_still_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = Target("sqlite", f"sqlite:///{tmp_path}/app db%.db")  # escaped in the SQLite URI
+    (kept,) = target.seed({"principal": "ada"})
+    target.seed({"principal": "bob", "idle": 10, "interval": 1})  # expired
+    path = tmp_path / "app db%.db"
+    before = digest(path)
+    code, out, _ = run(target.argv("stats", "--json"), capsys)
+    assert (code, json_lines(out)[0]["sessions"]) == (0, 2)
+    code, out, _ = run(target.argv("list", "--json"), capsys)
+    assert code == 0
+    assert {row["principal"] for row in json_lines(out)} == {"ada", "bob"}
+    assert digest(path) == before
+    assert run(target.argv("purge-expired"), capsys)[0] == 0
+    assert run(target.argv("invalidate", "--ref", session_ref(kept)), capsys)[0] == 0
+    code, out, _ = run(target.argv("stats", "--json"), capsys)
+    assert json_lines(out)[0]["sessions"] == 0
+
+
+def test_error_lines_show_control_characters_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["stats", "--store", "redis://127.0.0.1:1/0\x1b[2J\x1b[31mX"], capsys)
+    assert code == 1
+    assert "\x1b" not in err
+    assert "\\x1b[2J" in err
+    code, _, err = run(["stats", "--store", "mongodb://\x1b[31m"], capsys)
+    assert (code, "\x1b" in err) == (2, False)
+
+
+def test_a_principal_that_is_not_utf8_is_a_command_line_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The byte 0xff on the command line arrives in sys.argv as the lone surrogate '\udcff'.
+    for command in ("list", "invalidate"):
+        argv = [command, "--store", "sqlite:///x.db", "--principal", "ada\udcff"]
+        code, out, err = run(argv, capsys)
+        assert (code, out) == (2, "")
+        assert "valid UTF-8" in err
+        assert "\\udcff" in err
+        assert err.count("\n") == 1
+    assert not Path("x.db").exists()

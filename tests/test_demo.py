@@ -13,7 +13,13 @@ import httpx2
 import pytest
 
 from examples.chat import app as chat_app
-from examples.chat.app import MAX_MESSAGE, ChatConfigError, create_app, worker_count
+from examples.chat.app import (
+    MAX_MESSAGE,
+    WORKER_VARIABLES,
+    ChatConfigError,
+    create_app,
+    worker_count,
+)
 from examples.chat.bot import reply
 from examples.chat.models import ChatPrompt
 
@@ -114,6 +120,9 @@ BAD_BODIES = {
     "empty": (b'{"message": ""}', '"message" is empty'),
     "blank": (b'{"message": " \\n\\t "}', '"message" is empty'),
     "too long": (b'{"message": "' + b"x" * (MAX_MESSAGE + 1) + b'"}', "longer than 2000"),
+    # valid JSON, but no text: no store could save it, no page could show it
+    "lone surrogate": (b'{"message": "\\ud800 hi"}', "lone surrogate"),
+    "low surrogate": (b'{"message": "hi \\udfff"}', "lone surrogate"),
 }
 
 
@@ -154,7 +163,7 @@ async def test_favicon_is_served_without_a_session() -> None:
 
 # --- several workers need one shared key (and a shared store) ----------------------------------
 
-CHAT_ENV = ("CHAT_SECRET_KEY", "CHAT_STORE_URL", "CHAT_SINGLE_PROCESS", "WEB_CONCURRENCY")
+CHAT_ENV = ("CHAT_SECRET_KEY", "CHAT_STORE_URL", "CHAT_SINGLE_PROCESS", *WORKER_VARIABLES)
 
 
 @pytest.fixture
@@ -176,7 +185,17 @@ def bare_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         (["uvicorn", "examples.chat.app:app"], {"WEB_CONCURRENCY": "2"}, 2),
         (["uvicorn", "--workers", "1", "examples.chat.app:app"], {"WEB_CONCURRENCY": "8"}, 1),
         (["uvicorn", "examples.chat.app:app"], {}, 1),
-        (["-m", "--port", "8000"], {"WEB_CONCURRENCY": "4", "CHAT_SINGLE_PROCESS": "1"}, 1),
+        # CHAT_SINGLE_PROCESS=1 hides no count (python -m examples.chat drops the variables)
+        (["-m", "--port", "8000"], {"WEB_CONCURRENCY": "4", "CHAT_SINGLE_PROCESS": "1"}, 4),
+        (["uvicorn", "examples.chat.app:app"], {"UVICORN_WORKERS": "3"}, 3),
+        (["uvicorn", "x:app"], {"UVICORN_WORKERS": "2", "CHAT_SINGLE_PROCESS": "1"}, 2),
+        (["uvicorn", "--workers", "1", "x:app"], {"UVICORN_WORKERS": "4"}, 1),
+        (["uvicorn", "x:app"], {"UVICORN_WORKERS": "2", "WEB_CONCURRENCY": "8"}, 2),
+        (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "--bind :80 --workers 3"}, 3),
+        (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "-w 2 -k uvicorn.workers.UvicornWorker"}, 2),
+        (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "--workers=5"}, 5),
+        (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "-w6"}, 6),
+        (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "--bind '0.0.0.0"}, 1),  # not parsable
     ],
 )
 def test_worker_count_from_the_command_line_and_web_concurrency(
@@ -187,8 +206,14 @@ def test_worker_count_from_the_command_line_and_web_concurrency(
 
 @pytest.mark.parametrize(
     "setting",
-    [("argv", ["--workers", "2"]), ("argv", ["--workers=2"]), ("env", "2")],
-    ids=["--workers 2", "--workers=2", "WEB_CONCURRENCY=2"],
+    [
+        ("argv", ["--workers", "2"]),
+        ("argv", ["--workers=2"]),
+        ("WEB_CONCURRENCY", "2"),
+        ("UVICORN_WORKERS", "2"),
+        ("GUNICORN_CMD_ARGS", "--workers 2 --bind 127.0.0.1:0"),
+    ],
+    ids=["--workers 2", "--workers=2", "WEB_CONCURRENCY", "UVICORN_WORKERS", "GUNICORN_CMD_ARGS"],
 )
 def test_several_workers_without_a_shared_key_are_refused(
     bare_env: pytest.MonkeyPatch, setting: tuple[str, object], tmp_path: object
@@ -197,15 +222,19 @@ def test_several_workers_without_a_shared_key_are_refused(
     if kind == "argv":
         bare_env.setattr(sys, "argv", ["uvicorn", "examples.chat.app:app", *value])  # type: ignore[misc]
     else:
-        bare_env.setenv("WEB_CONCURRENCY", str(value))
+        bare_env.setenv(kind, str(value))
     bare_env.setenv("CHAT_STORE_URL", f"sqlite:///{tmp_path}/chat.db")
     with pytest.raises(ChatConfigError, match="2 workers and no CHAT_SECRET_KEY") as refused:
         create_app()
     assert "export CHAT_SECRET_KEY=" in str(refused.value)
-    if kind == "argv":  # claiming one process does not hide --workers
-        bare_env.setenv("CHAT_SINGLE_PROCESS", "1")
-        with pytest.raises(ChatConfigError, match="2 workers and no CHAT_SECRET_KEY"):
-            create_app()
+    # claiming one process hides no count (python -m examples.chat drops the variables itself)
+    bare_env.setenv("CHAT_SINGLE_PROCESS", "1")
+    with pytest.raises(ChatConfigError, match="2 workers and no CHAT_SECRET_KEY"):
+        create_app()
+    bare_env.setenv("CHAT_SECRET_KEY", SECRET)
+    bare_env.setenv("CHAT_STORE_URL", "memory://")
+    with pytest.raises(ChatConfigError, match="2 workers on the memory:// store"):
+        create_app()
 
 
 async def test_several_workers_with_a_shared_key_and_store_start(
@@ -250,9 +279,16 @@ def _demo_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_uvicorn_with_two_workers_and_no_key_stops_with_the_reason() -> None:
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [(["--workers", "2"], {}), ([], {"UVICORN_WORKERS": "2", "CHAT_SINGLE_PROCESS": "1"})],
+    ids=["--workers 2", "UVICORN_WORKERS=2 CHAT_SINGLE_PROCESS=1"],
+)
+def test_uvicorn_with_two_workers_and_no_key_stops_with_the_reason(
+    flags: list[str], env: dict[str, str]
+) -> None:
     uvicorn_cli = [sys.executable, "-m", "uvicorn", "examples.chat.app:app"]
-    result = _run([*uvicorn_cli, "--workers", "2", "--port", "0"], _demo_env(), 60)
+    result = _run([*uvicorn_cli, *flags, "--port", "0"], _demo_env(**env), 60)
     assert "examples.chat refuses to start" in result.stderr
     assert "2 workers and no CHAT_SECRET_KEY" in result.stderr
     assert "failed to start, stopping the parent process" in result.stderr  # not a restart loop
@@ -262,7 +298,8 @@ def test_the_readme_demo_command_runs_one_process_with_a_random_key() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = _demo_env(WEB_CONCURRENCY="2")  # ignored: python -m examples.chat is one process
+    # ignored: python -m examples.chat is one process
+    env = _demo_env(WEB_CONCURRENCY="2", UVICORN_WORKERS="2", GUNICORN_CMD_ARGS="-w 2")
     argv = [sys.executable, "-m", "examples.chat", "--port", str(port)]
     with subprocess.Popen(
         argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -7,13 +7,14 @@ Run it with ``python -m examples.chat`` (see the README). Environment variables:
     session vanishes whenever a request reaches another process. Without it the app **refuses to
     start** (exit status 3, which both uvicorn and gunicorn read as "do not restart this worker"),
     except in single-process mode: ``python -m examples.chat`` sets ``CHAT_SINGLE_PROCESS=1``,
-    runs exactly one worker (``WEB_CONCURRENCY`` is ignored), and makes a random key per start.
+    runs exactly one worker (``WEB_CONCURRENCY``, ``UVICORN_WORKERS`` and ``GUNICORN_CMD_ARGS``
+    are ignored), and makes a random key per start.
     A random key is never made otherwise, because no process can see whether it has siblings:
     ``uvicorn --workers``, gunicorn, or two containers behind one load balancer look alike from
     inside. On top of that rule, a best-effort worker count (``--workers N`` / ``-w N`` in the
-    command line, which uvicorn's spawned workers inherit, then ``WEB_CONCURRENCY``) names the
-    count in the message, and refuses ``CHAT_SINGLE_PROCESS=1`` or the ``memory://`` store with
-    several workers.
+    command line, which uvicorn's spawned workers inherit, then ``UVICORN_WORKERS``, ``--workers``
+    / ``-w`` in ``GUNICORN_CMD_ARGS``, then ``WEB_CONCURRENCY``) names the count in the message,
+    and refuses ``CHAT_SINGLE_PROCESS=1`` or the ``memory://`` store with several workers.
 ``CHAT_STORE_URL``
     Default ``memory://`` (one process only); e.g. ``redis://127.0.0.1:6379/0`` or
     ``sqlite:///chat.db`` to share conversations between workers.
@@ -24,7 +25,8 @@ Run it with ``python -m examples.chat`` (see the README). Environment variables:
 ``CHAT_TOKEN_DELAY``
     Seconds between streamed words, default 0.02.
 
-``POST /api/chat`` takes ``{"message": "..."}`` (1 to 2000 characters, a body of at most 64 KiB);
+``POST /api/chat`` takes ``{"message": "..."}`` (1 to 2000 characters of text, a body of at most
+64 KiB; a lone surrogate such as ``"\\ud800"``, valid JSON but not text, is refused);
 anything else is answered ``400`` (``413`` for a larger body) with ``{"error": "..."}``, before a
 session is created. A store that is down makes the middleware answer ``503`` with
 ``Retry-After``; the page shows it as an error with a retry button, never as a reply.
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -77,25 +80,47 @@ class ChatConfigError(RuntimeError):
     """The environment would run the demo in a way that loses sessions; the app does not start."""
 
 
-def worker_count(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    """Best effort: the worker count of the server running us, from ``--workers N``,
-    ``--workers=N`` or ``-w N`` on the command line (uvicorn's spawned workers and gunicorn's
-    forked ones keep the parent's), else ``WEB_CONCURRENCY`` (which ``python -m examples.chat``
-    overrides with one worker)."""
-    for index, arg in enumerate(argv[1:], start=1):
+def _flag_workers(args: Sequence[str]) -> int | None:
+    """The count of ``--workers N``, ``--workers=N``, ``-w N`` or ``-wN`` in ``args``, if any."""
+    for index, arg in enumerate(args):
         value: str | None = None
-        if arg in ("--workers", "-w") and index + 1 < len(argv):
-            value = argv[index + 1]
+        if arg in ("--workers", "-w") and index + 1 < len(args):
+            value = args[index + 1]
         elif arg.startswith("--workers="):
             value = arg.partition("=")[2]
         elif arg.startswith("-w") and arg[2:].isdigit():
             value = arg[2:]
         if value is not None and value.strip().isdigit():
             return max(1, int(value))
+    return None
+
+
+def worker_count(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Best effort: the worker count of the server running us, from ``--workers N``,
+    ``--workers=N`` or ``-w N`` on the command line (uvicorn's spawned workers and gunicorn's
+    forked ones keep the parent's), else uvicorn's ``UVICORN_WORKERS``, else ``--workers``/``-w``
+    in gunicorn's ``GUNICORN_CMD_ARGS``, else ``WEB_CONCURRENCY`` (both servers' default).
+    ``CHAT_SINGLE_PROCESS=1`` hides none of them: ``python -m examples.chat`` removes the
+    variables from its own environment, as it runs one worker whatever they say."""
+    counted = _flag_workers(argv[1:])
+    if counted is not None:
+        return counted
+    uvicorn_workers = environ.get("UVICORN_WORKERS", "").strip()
+    if uvicorn_workers.isdigit():
+        return max(1, int(uvicorn_workers))
+    try:
+        gunicorn_args = shlex.split(environ.get("GUNICORN_CMD_ARGS", ""))
+    except ValueError:  # unbalanced quotes: gunicorn refuses it too
+        gunicorn_args = []
+    counted = _flag_workers(gunicorn_args)
+    if counted is not None:
+        return counted
     concurrency = environ.get("WEB_CONCURRENCY", "").strip()
-    if environ.get(SINGLE_PROCESS) != "1" and concurrency.isdigit():
-        return max(1, int(concurrency))
-    return 1
+    return max(1, int(concurrency)) if concurrency.isdigit() else 1
+
+
+#: What sets the worker count besides the command line (see ``worker_count``).
+WORKER_VARIABLES = ("UVICORN_WORKERS", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY")
 
 
 def environment_problems(
@@ -176,6 +201,12 @@ async def read_message(request: Request) -> str | Response:
         return bad_request('"message" is empty.')
     if len(message) > MAX_MESSAGE:
         return bad_request(f'"message" is longer than {MAX_MESSAGE} characters.')
+    try:
+        message.encode()  # JSON allows "\ud800": a lone surrogate no store or page can hold
+    except UnicodeEncodeError:
+        return bad_request(
+            '"message" is not valid text: it holds a lone surrogate (\\ud800 to \\udfff).'
+        )
     return message
 
 

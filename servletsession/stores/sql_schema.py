@@ -102,19 +102,30 @@ def session_tables(metadata: MetaData, table_prefix: str) -> tuple[Table, Table]
     return sessions, attributes
 
 
+def _sqlite_read_only(engine: AsyncEngine) -> bool:
+    """Whether ``engine`` opens its SQLite file read-only (a ``file:…?mode=ro&uri=true`` URL)."""
+    mode = engine.url.query.get("mode")
+    return (mode if isinstance(mode, str) else "".join(mode or ())) == "ro"
+
+
 def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
     """SQLite: foreign keys on, WAL, and ``BEGIN IMMEDIATE`` so that concurrent writers queue
-    (busy timeout) instead of failing when two transactions both try to upgrade to writing."""
+    (busy timeout) instead of failing when two transactions both try to upgrade to writing.
+
+    A read-only connection (``mode=ro``) leaves the file as it is: no switch to WAL, and plain
+    ``BEGIN`` (it never writes)."""
+    read_only = _sqlite_read_only(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")  # waits for a lock; writes nothing
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -220,3 +220,31 @@ def test_http_basic_auth_in_a_browser(browser: Any) -> None:
         page.click("button:text-is('Invalidate')")
         assert notice(page) == "1 session invalidated."
         assert page.locator("text=No sessions match.").count() == 1
+
+
+async def long_names(request: Request) -> Response:
+    session = get_session(request)
+    assert session is not None
+    session.principal = "ada"
+    for i in range(3):
+        session[f"attribute_with_a_long_name_{i}"] = "x" * 2000
+    return Response("ok")
+
+
+def test_long_attribute_names_wrap_at_360_px(browser: Any) -> None:
+    manager = SessionManager(clock=FakeClock())
+    app = Starlette(
+        routes=[Route("/put", long_names), Mount("/admin", AdminApp(manager, auth=lambda r: True))]
+    )
+    app.add_middleware(SessionMiddleware, secret_key=SECRET, manager=manager, secure=False)
+    SHOTS.mkdir(exist_ok=True)
+    with Server(app) as url:
+        with httpx2.Client(base_url=url) as http:
+            http.get("/put")
+        page = browser.new_context(viewport={"width": 360, "height": 740}).new_page()
+        page.goto(f"{url}/admin/")
+        assert page.locator("text=attribute_with_a_long_name_2").count() == 1
+        assert fits(page, 360)
+        page.screenshot(path=str(SHOTS / "list_360_fixed.png"), full_page=True)
+        page.click("td[data-label='Session'] a")
+        assert fits(page, 360)
