@@ -23,6 +23,14 @@ class BenchCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start(self) -> BenchCluster:
+        """Start the nodes and join them; if that fails, stop whatever started."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> BenchCluster:
         for port in self.ports:  # the bus on a port of its own (Redis 7): port + 10000 may not be
             folder = self.root / str(port)
             folder.mkdir()
