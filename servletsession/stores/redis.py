@@ -236,7 +236,15 @@ class RedisStore(ShardedIndexes, SerializingStore):
             return await self.moves.move(old_id, new_id)
         keys = [layout.key(old_id), layout.key(new_id), layout.index_of(old_id),
                 layout.lock_key(old_id), layout.lock_key(new_id)]  # fmt: skip
-        moved = await self._run(self._rename, keys, [old_id, new_id, layout.principals_of(old_id)])
+        args = [old_id, new_id, layout.principals_of(old_id)]
+        moved = await self._run(self._rename, keys, args)
+        if isinstance(moved, list):  # an earlier move to another slot marked it: where is it?
+            where = await self.moves.where(old_id, text(moved[1]))
+            if where is Where.MOVING:
+                raise StoreUnavailableError(
+                    "the session is changing its ID in another request; its ID is unchanged"
+                )
+            moved = where is Where.BACK and await self._run(self._rename, keys, args) == 1
         return bool(moved)
 
     async def acquire_lock(self, session_id: str, token: str, lease: float, now: float) -> bool:

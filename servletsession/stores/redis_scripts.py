@@ -158,11 +158,11 @@ return redis.call('DEL', KEYS[1])
 )
 
 # Both IDs in one slot. KEYS: old hash, new hash, index, old lock, new lock. ARGV: old id, new id,
-# prefix.
+# prefix. 1: renamed; 0: no such session; {'#m', target}: a move to another slot marked it.
 RENAME = """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], '#m') == 1 then
-  return 0
-end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local moving = redis.call('HGET', KEYS[1], '#m')
+if moving then return {'#m', moving} end
 local principal = redis.call('HGET', KEYS[1], '#p')
 if principal and principal ~= '' then
   redis.call('SREM', ARGV[3] .. principal, ARGV[1])

@@ -292,3 +292,28 @@ async def test_sessions_of_finds_a_session_whose_id_changes_meanwhile(store: Red
     finally:
         stop.set()
         await rotating
+
+
+async def test_an_id_change_within_the_shard_of_a_marked_session_waits_for_the_mark(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session marked by a move that never committed (its request answered 503): an ID change
+    whose new ID falls in the same shard answers 503 while the mark's lease runs, never "gone"
+    (that would drop the session and answer 200 without a cookie); after it, it renames."""
+    monkeypatch.setattr(redis_moves, "LEASE", 0.3)
+    now = 1_700_000_000.0
+    old, elsewhere = ids_in_two_shards(store.layout)
+    await store.create(old, record(now, a=b'["j",1]'), now)
+    layout = store.layout
+    await store.moves._out(keys=[layout.key(old), layout.lock_key(old)], args=[elsewhere, 0.3])
+    same = secrets.token_urlsafe(32)
+    while layout.shard_of(same) != layout.shard_of(old):
+        same = secrets.token_urlsafe(32)
+    with pytest.raises(StoreUnavailableError, match="another request"):
+        await store.rename(old, same)
+    await asyncio.sleep(0.35)
+    assert await store.rename(old, same) is True
+    moved = await store.load(same, now, touch=False)
+    assert moved is not None
+    assert moved.attributes == {"a": b'["j",1]'}
+    assert await store.load(old, now, touch=False) is None
