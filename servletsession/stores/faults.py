@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 
-__all__ = ["describe", "redis_unavailable", "sql_unavailable"]
+__all__ = ["describe", "redis_failure", "redis_unavailable", "sql_failure", "sql_unavailable"]
 
 # --- SQL ---------------------------------------------------------------------------------------
 
@@ -368,3 +368,27 @@ def _module(exc: BaseException) -> str:
 
 def _module_of(cls: type) -> str:
     return getattr(cls, "__module__", None) or ""
+
+
+def sql_failure(exc: Exception) -> Exception:
+    """What a SQL store raises for ``exc``: ``StoreUnavailableError`` (HTTP 503) when the store
+    cannot answer now, else ``exc`` itself."""
+    from ..errors import StoreUnavailableError  # (this module also loads on its own: see above)
+
+    if isinstance(exc, StoreUnavailableError) or not sql_unavailable(exc):
+        return exc
+    return StoreUnavailableError(f"SQL session store unavailable: {describe(exc)}")
+
+
+def redis_failure(exc: Exception, timeout: float | None) -> Exception:
+    """What ``RedisStore`` raises for ``exc``: ``StoreUnavailableError`` when Redis cannot answer
+    now or did not within ``timeout`` (an ``asyncio.timeout``), else ``exc`` itself."""
+    from ..errors import StoreUnavailableError
+
+    if isinstance(exc, StoreUnavailableError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailableError(f"Redis session store did not answer within {timeout} s")
+    if redis_unavailable(exc):
+        return StoreUnavailableError(f"Redis session store unavailable: {describe(exc)}")
+    return exc

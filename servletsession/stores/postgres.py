@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, event
 from sqlalchemy.exc import DisconnectionError
 
-from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
-from .faults import describe, sql_unavailable
+from .faults import describe, sql_failure
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -280,13 +279,10 @@ class PostgresPath:
                 raise
             finally:
                 fairy.close()
-        except StoreUnavailableError:
-            raise
         except Exception as exc:
-            if sql_unavailable(exc):
-                raise StoreUnavailableError(
-                    f"SQL session store unavailable: {describe(exc)}"
-                ) from exc
+            failure = sql_failure(exc)
+            if failure is not exc:
+                raise failure from exc
             if type(exc).__module__.startswith("asyncpg"):
                 # Its message may carry a parameter (DETAIL: Key (id)=(…)): one safe line only.
                 raise RuntimeError(f"SQL session store failed: {describe(exc)}") from None

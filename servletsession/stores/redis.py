@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError
 from ..cookies import session_ref
 from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
-from .faults import describe, redis_unavailable
+from .faults import redis_failure
 from .redis_indexes import ShardedIndexes, from_hash, stored_of
 from .redis_layout import RedisLayout, text
 from .redis_moves import MovingSessions, Where
@@ -278,18 +278,11 @@ class RedisStore(ShardedIndexes, SerializingStore):
                 except NoScriptError:
                     script.sha = await client.script_load(script.script)
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except TimeoutError as exc:
-            raise StoreUnavailableError(
-                f"Redis session store did not answer within {self.timeout} s"
-            ) from exc
-        except StoreUnavailableError:
-            raise
         except Exception as exc:
-            if redis_unavailable(exc):
-                raise StoreUnavailableError(
-                    f"Redis session store unavailable: {describe(exc)}"
-                ) from exc
-            raise
+            failure = redis_failure(exc, self.timeout)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     @contextlib.asynccontextmanager
     async def answering(self) -> AsyncIterator[None]:
@@ -298,18 +291,11 @@ class RedisStore(ShardedIndexes, SerializingStore):
         try:
             async with asyncio.timeout(self.timeout):
                 yield
-        except StoreUnavailableError:
-            raise
-        except TimeoutError as exc:
-            raise StoreUnavailableError(
-                f"Redis session store did not answer within {self.timeout} s"
-            ) from exc
         except Exception as exc:
-            if redis_unavailable(exc):
-                raise StoreUnavailableError(
-                    f"Redis session store unavailable: {describe(exc)}"
-                ) from exc
-            raise
+            failure = redis_failure(exc, self.timeout)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     def __repr__(self) -> str:
         shape = f" cluster shards={self.layout.shards}" if self.cluster else ""

@@ -33,9 +33,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
-from ..errors import StoreUnavailableError
 from .base import LockLostError, SessionWrite, StoredSession
-from .faults import describe, sql_unavailable
+from .faults import sql_failure
 from .postgres import PostgresPath, check_liveness_on_checkout
 from .serializing import SerializingStore
 from .sql_schema import engine_for, session_tables
@@ -368,14 +367,11 @@ class SQLStore(SerializingStore):
         try:
             async with self.engine.begin() as conn:
                 yield conn
-        except StoreUnavailableError:
-            raise
         except Exception as exc:
-            if sql_unavailable(exc):
-                raise StoreUnavailableError(
-                    f"SQL session store unavailable: {describe(exc)}"
-                ) from exc
-            raise
+            failure = sql_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     async def _prepare(self) -> None:
         """Create the tables on first use (if ``create_tables``)."""
