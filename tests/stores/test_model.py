@@ -455,8 +455,8 @@ class ModelMachine(RuleBasedStateMachine):
                 share.view.pop(name, None)
             else:
                 share.view[name] = value
-        if o in share.principal_by:
-            share.principal_by.remove(o)
+        if o in share.principal_by:  # every binding of its own (a repeat is listed again)
+            share.principal_by = [by for by in share.principal_by if by is not o]
             if not share.principal_by:
                 share.principal = share.principal_before
         # An ID change of its own is taken back too, unless another request changed it since.
@@ -1231,6 +1231,18 @@ REGRESSIONS: dict[str, list[Step]] = {
         _request(1, 0, "set", "ends", "a"),
         _goes_on(0, "end"),
         _request(1, 0, "set", "ends", "c"),
+    ],
+    # A request logs in, then binds the same principal again, and is answered 503: every
+    # binding of its own is taken back (the model once kept the repeat).
+    "a_503_takes_back_a_repeated_binding_of_its_own": [
+        ONE_SESSION,
+        _request(0, 0, "login", "stays_open"),
+        _goes_on(0, "principal"),
+        _outage(0),
+        _goes_on(0, "respond"),
+        _outage(0),
+        _goes_on(0, "end"),
+        _request(1, 0, "set", "ends"),
     ],
 }
 
