@@ -8,6 +8,7 @@ the session.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,19 +19,18 @@ from .persistence import Visit
 from .session import HttpSession
 
 if TYPE_CHECKING:
-    from .cookies import CookieCodec
     from .manager import SessionManager
 
 SCOPE_KEY = "servletsession"
 
 
 class RequestSession(MutableMapping[str, Any]):
-    """The sessions one request uses, whether they changed, and which cookie that calls for."""
+    """The sessions one request uses, whether they changed, and which ID the response must carry."""
 
     __slots__ = (
-        "_cookies",
         "_manager",
         "_session",
+        "by_header",
         "consulted",
         "found",
         "journal",
@@ -41,11 +41,11 @@ class RequestSession(MutableMapping[str, Any]):
     )
 
     def __init__(
-        self, manager: SessionManager, cookies: CookieCodec, requested_id: str | None
+        self, manager: SessionManager, requested_id: str | None, by_header: bool = False
     ) -> None:
         self._manager = manager
-        self._cookies = cookies
         self.requested_id = requested_id  # the signature-verified ID the request carried
+        self.by_header = by_header  # the ID travels in the ID header, not the cookie
         self._session: HttpSession | None = None
         self.found = False  # the requested ID named a live session when the request arrived
         self.visits: list[Visit] = []  # the sessions this request joined or created
@@ -115,19 +115,29 @@ class RequestSession(MutableMapping[str, Any]):
             and session._id == self.requested_id
         )
 
-    def set_cookie_header(self) -> bytes | None:
-        """The ``Set-Cookie`` value this response needs, if any: the session's cookie when it
-        was created or its ID changed, a deletion cookie when the requested session ended here.
-        A copy another process ended or renamed (detached) sends nothing: that process sent the
-        browser its cookie, which a deletion arriving later would destroy."""
+    def outgoing_id(self) -> str | None:
+        """The ID this response must hand the client: the session's when it was created or its
+        ID changed; ``""`` (delete the cookie, empty the header) when the requested session ended
+        here; ``None`` for nothing. A copy another process ended or renamed (detached) sends
+        nothing: that process sent the client its ID, which a deletion arriving later would
+        destroy."""
         session = self._session
         if session is not None and session._detached:
             return None
         if session is not None and session._valid:
-            if session._id != self.requested_id:
-                return self._cookies.set_cookie(session._id)
-            return None
-        return self._cookies.deletion() if self.found else None
+            return session._id if session._id != self.requested_id else None
+        return "" if self.found else None
+
+    def kept_requested_session(self) -> bool:
+        """The request's session is the live one its ID named (a rolling cookie may be
+        refreshed)."""
+        session = self._session
+        return (
+            session is not None
+            and session._valid
+            and not session._detached
+            and session._id == self.requested_id
+        )
 
     async def flush(self) -> None:
         """Write the request's changes now (as the response starts, and as it ends)."""
@@ -148,7 +158,7 @@ class RequestSession(MutableMapping[str, Any]):
         for visit in self.visits:
             try:
                 await self._manager.release(visit)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:  # release the others all the same
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error

@@ -1,9 +1,9 @@
 """Session IDs and the session cookie: generation, signing, strict parsing, ``Set-Cookie``.
 
-The cookie value is ``<id>.<signature>``: a 256-bit ID from `secrets` (43 URL-safe characters)
-and its HMAC-SHA256 (itsdangerous, 43 characters). A value is checked for length and alphabet
-before any signature check or store lookup, so malformed input costs almost nothing and never
-reaches a store key (OWASP ASVS v5 7.2).
+The cookie value (and the ID header's, see `servletsession.transport`) is ``<id>.<signature>``:
+a 256-bit ID from `secrets` (43 URL-safe characters) and its HMAC-SHA256 (itsdangerous, 43
+characters). A value is checked for length and alphabet before any signature check or store
+lookup, so malformed input costs almost nothing and never reaches a store key (OWASP ASVS v5 7.2).
 """
 
 from __future__ import annotations
@@ -177,15 +177,23 @@ class CookieCodec:
                 found = value.strip()
         if found is None:
             return None, "absent"
-        verified = self._verified.get(found)
+        return self.verify(found)
+
+    def verify(self, value: bytes) -> tuple[str | None, str]:
+        """Verify one signed value (``<id>.<signature>``), from the cookie or the ID header.
+
+        Returns ``(session_id, "valid")``, or ``None`` with ``"malformed"`` (wrong length or
+        alphabet: checked before any HMAC) or ``"bad_signature"``.
+        """
+        verified = self._verified.get(value)
         if verified is not None:
             return verified, "valid"
-        if len(found) != COOKIE_VALUE_LENGTH or _VALUE_RE.fullmatch(found) is None:
+        if len(value) != COOKIE_VALUE_LENGTH or _VALUE_RE.fullmatch(value) is None:
             return None, "malformed"
-        session_id = self._signer.verify_id(found)
+        session_id = self._signer.verify_id(value)
         if session_id is None:
             return None, "bad_signature"
-        self._remember(found, session_id)
+        self._remember(value, session_id)
         return session_id, "valid"
 
     def _remember(self, value: bytes, session_id: str) -> None:
@@ -194,11 +202,16 @@ class CookieCodec:
         session lookup that follows still decides whether that session lives."""
         _bounded_put(self._verified, value, session_id)
 
-    def set_cookie(self, session_id: str) -> bytes:
-        """The ``Set-Cookie`` value that hands ``session_id`` to the browser."""
+    def sign(self, session_id: str) -> bytes:
+        """The signed value ``<id>.<signature>`` that names ``session_id`` (the cookie's value,
+        and the ID header's)."""
         value = self._signer.sign_id(session_id)
         self._remember(value, session_id)
-        return self._name + b"=" + value + self._set_suffix
+        return value
+
+    def set_cookie(self, session_id: str) -> bytes:
+        """The ``Set-Cookie`` value that hands ``session_id`` to the browser."""
+        return self._name + b"=" + self.sign(session_id) + self._set_suffix
 
     def deletion(self) -> bytes:
         """The ``Set-Cookie`` value that makes the browser drop the session cookie."""

@@ -1,26 +1,29 @@
 """``SessionMiddleware``: pure ASGI, for ``http``, ``websocket`` and ``lifespan``.
 
-Per request it reads and verifies the session cookie, loads the session before the app runs,
-adds ``Set-Cookie``/``Vary``/``Cache-Control`` as the response starts (appending to the app's
-headers, never replacing them), and releases the session — delivering pending async listener
+Per request it reads and verifies the session ID (from the cookie, or from a header: see
+`servletsession.transport`), loads the session before the app runs, adds ``Set-Cookie`` (or the ID
+header), ``Vary`` and ``Cache-Control`` as the response starts (appending to the app's headers,
+never replacing them), and releases the session — delivering pending async listener
 events and saving what changed — after the response is finished.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .changes import change_journal
-from .config import CookieSettings, validated
+from .config import CookieSettings, TransportSettings, validated
 from .context import SCOPE_KEY, RequestSession
 from .cookies import CookieCodec
 from .errors import ConfigurationError, SessionLimitError, StoreUnavailableError
 from .manager import SessionManager
+from .startup import surface_configuration_errors
 from .stores.base import SessionStore
 from .stores.faults import describe
+from .transport import SessionIdTransport
 
 if TYPE_CHECKING:
     from .websockets import SessionWebSocket
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("servletsession")
 
 _START = ("http.response.start", "websocket.accept", "websocket.http.response.start")
+_STOPPED = ("lifespan.shutdown.complete", "lifespan.shutdown.failed", "lifespan.startup.failed")
 
 
 class SessionMiddleware:
@@ -37,8 +41,21 @@ class SessionMiddleware:
     [`SessionManager`][servletsession.SessionManager]. Pass ``manager=`` to share one manager (with
     its listeners and limits), or ``store=`` and ``max_inactive_interval=`` to have one built — not
     both.
+
+    Where the ID travels (Spring Session's ``HttpSessionIdResolver``): ``id_resolver="cookie"``
+    (the default), ``"header"`` (the ``header_name`` request header, ``X-Auth-Token`` by default,
+    answered in the same response header when a session is created or its ID changes, and sent
+    empty when the requested session ended; no cookie), or ``"composite"`` (the header when the
+    request has it, else the cookie; each request is answered the way it came). The value is the
+    same signed ``<id>.<signature>`` in every mode, with the same checks.
+
+    ``rolling=True`` (needs ``max_age``) re-sends the cookie with a fresh ``Max-Age`` on responses
+    that consulted their session, at most once per ``rolling_interval`` seconds per session
+    (default: a tenth of ``max_age``, at least 60 s, at most half of it). It extends only the
+    cookie: the server-side timeouts still end the session.
     """
 
+    @surface_configuration_errors
     def __init__(
         self,
         app: ASGIApp,
@@ -54,7 +71,19 @@ class SessionMiddleware:
         path: str = "/",
         domain: str | None = None,
         max_age: int | None = None,
+        id_resolver: Literal["cookie", "header", "composite"] = "cookie",
+        header_name: str = "X-Auth-Token",
+        rolling: bool = False,
+        rolling_interval: float | None = None,
     ) -> None:
+        transport: TransportSettings = validated(
+            TransportSettings,
+            id_resolver=id_resolver,
+            header_name=header_name,
+            rolling=rolling,
+            rolling_interval=rolling_interval,
+            max_age=max_age,
+        )
         settings: CookieSettings = validated(
             CookieSettings,
             secret_key=secret_key,
@@ -99,6 +128,20 @@ class SessionMiddleware:
             http_only=settings.http_only,
             same_site=settings.same_site,
         )
+        resolver = transport.id_resolver
+        self._transport = SessionIdTransport(
+            self._cookies, resolver, transport.header_name, transport.roll_every()
+        )
+        self._by_header = resolver != "cookie"  # read the ID header (then maybe the cookie)
+        #: The cookie carrying the ID (``None`` in header mode), and the header (``None`` in
+        #: cookie mode); composite mode has both.
+        self.cookie_name: str | None = settings.cookie_name if resolver != "header" else None
+        self.header_name: str | None = transport.header_name if resolver != "cookie" else None
+
+    def signed_id(self, session_id: str) -> str:
+        """The signed value (``<id>.<signature>``) a client presents to name ``session_id``: the
+        cookie's value, or the header's in header mode (test helpers use it)."""
+        return self._cookies.sign(session_id).decode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -111,10 +154,14 @@ class SessionMiddleware:
 
         manager = self.manager
         manager.start_reaper_lazily()
-        session_id, outcome = self._cookies.read(scope["headers"])
+        if self._by_header:
+            session_id, outcome, by_header = self._transport.read_header(scope["headers"])
+        else:
+            session_id, outcome = self._cookies.read(scope["headers"])
+            by_header = False
         if session_id is None and outcome != "absent":
             manager.cookie_rejected(outcome, scope)
-        context = RequestSession(manager, self._cookies, session_id)
+        context = RequestSession(manager, session_id, by_header)
         if manager.shared:  # what this request changes, to take back if it is answered 503
             context.journal = {}
         try:
@@ -168,7 +215,7 @@ class SessionMiddleware:
                         context.refuse()
                         logger.error("session store failed while saving: %s", describe(exc))
                         raise
-                _add_session_headers(message, context)
+                self._transport.add_headers(message, context, manager.clock)
                 if kind == "websocket.accept":
                     await context.release_locks()  # a websocket takes part in its handshake only
                     session = context.get_session(create=False)
@@ -225,59 +272,23 @@ class SessionMiddleware:
         await _send_unavailable(scope, send, self._retry_after, "session store unavailable")
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Start the reaper at startup, stop it after the app's own shutdown handlers ran."""
+        """Start the manager (restoring saved sessions) before the app's startup handlers run;
+        stop it (saving them) after its shutdown handlers ran, before the server is told, or
+        once its startup failed (the process is about to exit with the sessions it restored)."""
         manager = self.manager
 
         async def receive_and_start() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                manager.start_reaper()
+                await manager.start()
             return message
 
         async def send_and_stop(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await manager.stop_reaper()
+            if message["type"] in _STOPPED:
+                await manager.stop()
             await send(message)
 
         await self.app(scope, receive_and_start, send_and_stop)
-
-
-def _add_session_headers(message: Message, context: RequestSession) -> None:
-    cookie = context.set_cookie_header()
-    if cookie is None and not context.consulted:
-        return
-    headers = list(message.get("headers", ()))
-    if message["type"] != "websocket.accept":
-        _add_vary_cookie(headers)
-    if cookie is not None:
-        headers.append((b"set-cookie", cookie))
-        if message["type"] != "websocket.accept":
-            _make_private(headers)
-    message["headers"] = headers
-
-
-def _add_vary_cookie(headers: list[Any]) -> None:
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"vary":
-            tokens = {token.strip().lower() for token in value.split(b",")}
-            if b"cookie" not in tokens and b"*" not in tokens:
-                headers[index] = (name, value + b", Cookie")
-            return
-    headers.append((b"vary", b"Cookie"))
-
-
-def _make_private(headers: list[Any]) -> None:
-    """A response that sets the session cookie must not be stored by shared caches."""
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"cache-control":
-            directives = [d.strip() for d in value.split(b",") if d.strip()]
-            lowered = {d.lower() for d in directives}
-            if lowered & {b"private", b"no-store"}:
-                return
-            kept = [d for d in directives if d.lower() != b"public"]
-            headers[index] = (name, b", ".join([b"private", *kept]))
-            return
-    headers.append((b"cache-control", b"private"))
 
 
 async def _send_unavailable(scope: Scope, send: Send, retry_after: int, reason: str) -> None:
