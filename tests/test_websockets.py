@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from servletsession import SessionManager, get_session
 from servletsession.stores import SQLStore
+from servletsession.testing import login
 
 from .conftest import FakeClock, cookie_header, make_app
 
@@ -30,8 +31,10 @@ async def echo(websocket: WebSocket) -> None:
 ROUTES = [WebSocketRoute("/ws", echo)]
 
 
-def open_session(http: TestClient) -> dict[str, str]:
-    http.post("/set/a", params={"value": "kept"})
+def open_session(http: TestClient, principal: str | None = None) -> dict[str, str]:
+    """Give the client a session; TestClient's websockets (always ws://) need its Secure cookie
+    passed by hand."""
+    login(http, attributes={"a": "kept"}, principal=principal)
     return cookie_header(http.cookies["sessionid"])
 
 
@@ -54,24 +57,13 @@ def test_invalidating_the_session_closes_its_websockets_with_1008(clock: FakeClo
 
 def test_invalidate_all_closes_the_principals_websockets(clock: FakeClock) -> None:
     manager = SessionManager(clock=clock)
-
-    async def login(websocket: WebSocket) -> None:
-        session = get_session(websocket)
-        assert session is not None
-        session.principal = "ada"
-        session["a"] = 1
-        await echo(websocket)
-
-    with (
-        TestClient(
-            make_app(manager, [WebSocketRoute("/login-ws", login)]), base_url="https://testserver"
-        ) as http,
-        http.websocket_connect("/login-ws") as socket,
-    ):
-        socket.send_text("x")
-        socket.receive_text()
-        assert http.portal.call(manager.invalidate_all, "ada") == 1
-        assert socket.receive()["code"] == 1008
+    with TestClient(make_app(manager, ROUTES), base_url="https://testserver") as http:
+        cookie = open_session(http, principal="ada")
+        with http.websocket_connect("/ws", headers=cookie) as socket:
+            socket.send_text("x")
+            assert socket.receive_text() == "x kept"
+            assert http.portal.call(manager.invalidate_all, "ada") == 1
+            assert socket.receive()["code"] == 1008
 
 
 def test_an_open_websocket_keeps_its_session_alive_on_a_shared_store(
