@@ -1,5 +1,6 @@
 """servletsession: the Java Servlet ``HttpSession`` model for ASGI apps (Starlette, FastAPI)."""
 
+from .accessor import SessionAccessor
 from .context import (
     change_session_id,
     get_session,
@@ -41,6 +42,7 @@ __all__ = [
     "HttpSessionListener",
     "IllegalStateError",
     "MemoryStore",
+    "SessionAccessor",
     "SessionLimitError",
     "SessionManager",
     "SessionMiddleware",

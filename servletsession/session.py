@@ -8,51 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from .changes import ABSENT as _ABSENT
 from .changes import PRINCIPAL, Unsaved, change_journal, track_change
+from .config import MAX_SECONDS
 from .cookies import session_ref
 from .errors import IllegalStateError
 from .listeners import (
     HttpSessionBindingEvent,
     HttpSessionEvent,
-    ListenerRegistry,
     after_pending,
     deliver,
     deliver_to_value,
     delivering_for,
 )
+from .owner import SessionOwner
+
+if TYPE_CHECKING:
+    from .accessor import SessionAccessor
 
 
 def _is_storable_principal(principal: object) -> bool:
     if not isinstance(principal, str) or not 0 < len(principal) <= 255 or "\x00" in principal:
         return False
     return principal.encode("utf-8", "replace").decode() == principal  # no lone surrogate
-
-
-class SessionOwner(Protocol):
-    """What a session needs from its manager."""
-
-    @property
-    def listeners(self) -> ListenerRegistry: ...
-
-    @property
-    def value_check(self) -> Callable[[str, Any], None] | None:
-        """Raises ``TypeError`` if the store cannot persist a value (Servlet spec: refuse it at
-        ``setAttribute``, not later at save time where the change would be lost silently);
-        ``None`` when every value is accepted (live objects)."""
-
-    def session_expiring(self, session: HttpSession, reason: str) -> bool:
-        """The session is being invalidated or expired: its ID is dead in this process from now
-        on. ``True``: deliver ``session_destroyed`` now. ``False``: the owner delivers it once
-        the store confirms this process ended the session (``_destroy``), or never if another
-        process did (a shared store fires each session's events on exactly one process)."""
-
-    def expiry_changed(self, session: HttpSession) -> None: ...  # its idle or absolute timeout
-
-    def principal_changing(self, session: HttpSession, new: str | None) -> None: ...  # rebinding
 
 
 class HttpSession(MutableMapping[str, Any]):
@@ -175,6 +156,8 @@ class HttpSession(MutableMapping[str, Any]):
             raise TypeError(
                 f"max_inactive_interval takes whole seconds (int), got {type(seconds).__name__}"
             )
+        if not -MAX_SECONDS <= seconds <= MAX_SECONDS:  # what every store can hold
+            raise ValueError(f"max_inactive_interval takes at most {MAX_SECONDS} seconds")
         self._max_inactive_interval = seconds
         self._timeouts_changed = True
         self._owner.expiry_changed(self)
@@ -190,9 +173,14 @@ class HttpSession(MutableMapping[str, Any]):
     def absolute_timeout(self, seconds: float | None) -> None:
         self._check_valid()
         if seconds is not None and (
-            isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds <= MAX_SECONDS  # NaN fails this too
         ):
-            raise ValueError(f"absolute_timeout takes positive seconds or None, got {seconds!r}")
+            raise ValueError(
+                f"absolute_timeout takes positive seconds up to {MAX_SECONDS} or None, "
+                f"got {seconds!r}"
+            )
         self._absolute_timeout = seconds
         self._timeouts_changed = True
         self._owner.expiry_changed(self)
@@ -321,6 +309,12 @@ class HttpSession(MutableMapping[str, Any]):
             self._changed_names = {name}
         else:
             self._changed_names.add(name)
+
+    def accessor(self) -> SessionAccessor:
+        """A handle for using this session later, outside any request (Servlet 6.1
+        ``getAccessor()``): see [`SessionAccessor`][servletsession.SessionAccessor]."""
+        self._check_valid()
+        return self._owner.accessors.accessor(self)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -78,6 +78,33 @@ async def test_max_inactive_interval_takes_whole_seconds(manager: SessionManager
         session.max_inactive_interval = 1.5  # type: ignore[assignment]
 
 
+@pytest.mark.parametrize("seconds", [10**400, 2**31, -(2**31)])
+async def test_max_inactive_interval_beyond_what_stores_hold_is_refused(
+    manager: SessionManager, seconds: int
+) -> None:
+    """10**400 once overflowed every later deadline computation: a 500 for the request, then
+    a reaper that raised on every tick, so no session expired any more."""
+    session = manager.create_session()
+    with pytest.raises(ValueError, match="at most"):
+        session.max_inactive_interval = seconds
+    assert session.max_inactive_interval == 1800
+    session.max_inactive_interval = 2**31 - 1
+    assert await manager.reap() == 0
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 10**400, 2**31, 0, -1, True])
+async def test_absolute_timeout_takes_finite_positive_seconds(
+    manager: SessionManager, seconds: float
+) -> None:
+    """NaN once switched the absolute timeout off silently (``min(x, nan)``)."""
+    session = manager.create_session()
+    with pytest.raises(ValueError, match="positive seconds"):
+        session.absolute_timeout = seconds
+    assert session.absolute_timeout is None
+    session.absolute_timeout = 3600.5
+    assert session.absolute_timeout == 3600.5
+
+
 ACCESSORS = [
     ("id", lambda s: s.id),
     ("creation_time", lambda s: s.creation_time),
