@@ -4,19 +4,26 @@ The store is the map of live sessions, so there is nothing to load or save: a re
 object itself, an ID change or an end takes effect in the store at once, and the reaper claims due
 sessions from the store's deadline heap. A session a request is using never idles out; its
 absolute timeout holds however busy it is.
+
+With ``MemoryStore(persist_to=...)`` the sessions also outlive the process: `restore` and `save`
+(`servletsession.restart`) run at startup and shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
+from . import restart
 from .listeners import settle
 
 if TYPE_CHECKING:
     from .persistence import SessionHost, Visit
     from .session import HttpSession
     from .stores.memory import MemoryStore
+
+logger = logging.getLogger("servletsession")
 
 
 class LiveSessions:
@@ -25,6 +32,27 @@ class LiveSessions:
     def __init__(self, store: MemoryStore, host: SessionHost) -> None:
         self._store = store
         self._host = host
+        self._unstarted = store.file is not None  # warn once if sessions come before a start
+
+    async def restore(self) -> None:
+        """Startup: bring back what the last shutdown saved (``persist_to``). Never raises: a
+        file that cannot be used is logged and the app starts without its sessions."""
+        self._unstarted = False
+        if self._store.file is None:
+            return
+        try:
+            await restart.restore(self._store, self._host, self._store.file)
+        except Exception:
+            logger.exception("restoring the saved sessions failed; starting without (some of) them")
+
+    async def save(self) -> None:
+        """Shutdown: write the live sessions to the file (``persist_to``). Never raises."""
+        if self._store.file is None:
+            return
+        try:
+            await restart.save(self._store, self._host, self._store.file)
+        except Exception:
+            logger.exception("saving the sessions failed; they end with this process")
 
     @property
     def in_process(self) -> dict[str, HttpSession]:
@@ -47,19 +75,31 @@ class LiveSessions:
         return session
 
     def created(self, session: HttpSession, visit: Visit) -> None:
+        if self._unstarted:
+            self._unstarted = False
+            logger.warning(
+                "MemoryStore(persist_to=...) has a session but the manager was never started, so "
+                "the sessions saved at the last shutdown were not restored: run the app with "
+                "lifespan (uvicorn's default for Starlette and FastAPI) or `async with manager`"
+            )
         self._store.add(session)
 
     async def flush(self, visit: Visit) -> None:
         """Nothing to write: the store holds the object itself."""
 
     async def release(self, visit: Visit) -> None:
+        """The request is done: wait for its pending async events, and end its access however
+        that wait ends. A waiter cancelled meanwhile (a client gone, a timeout around an access)
+        still ends the access: a session left counted as in use would never idle out."""
         session = visit.session
         assert session is not None
-        if session._listener_tail is not None:
-            await settle(session)
-        session._end_access(self._host.clock())
-        session._changed_names = None
-        session._read_names = None
+        try:
+            if session._listener_tail is not None:
+                await settle(session)
+        finally:
+            session._end_access(self._host.clock())
+            session._changed_names = None
+            session._read_names = None
 
     async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
         """Nothing to release: one process, one live object."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from .accessor import Accessors
 from .config import ManagerSettings, validated
 from .cookies import is_well_formed_id, new_session_id
 from .errors import IllegalStateError, SessionLimitError
@@ -25,10 +26,12 @@ from .listeners import (
     settle,
 )
 from .live import LiveSessions
+from .owner import SessionOwner
 from .persistence import Sessions, Snapshot, Visit
 from .principals import Principals
 from .reaper import Background, Reaper
-from .session import HttpSession, SessionOwner
+from .running import Running
+from .session import HttpSession
 from .shared import SharedSessions
 from .stats import SessionStats, StatsCounter
 from .stores.base import SessionStore
@@ -42,10 +45,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("servletsession")
 
 Clock = Callable[[], float]
-_REAP_BATCH = 200  # claimed, then delivered together: one unit of a reaper tick
 
 
-class SessionManager:
+class SessionManager(Running):
     """Owns every session of one app: creation, lookup, ID change, expiry, listeners, stats.
 
     ``clock`` returns seconds since the epoch; inject one to control time in tests. ``save_mode``
@@ -117,6 +119,7 @@ class SessionManager:
         self._hook_tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._direct: dict[HttpSession, list[Visit]] = {}  # create_session / find callers
+        self.accessors = Accessors(self)  # HttpSession.accessor(): work outside any request
 
     # --- the session's owner (SessionOwner) and the strategies' host (SessionHost) ------------
 
@@ -249,13 +252,15 @@ class SessionManager:
         visit = target if isinstance(target, Visit) else self._direct_visit(target)
         session = visit.session
         assert session is not None
-        if session._valid and self._limits.enforcing and not visit.refused:
-            try:
-                await self._limits.enforce(session)
-            except SessionLimitError as exc:
-                logger.warning("%s", exc)
-                self._limits.undo(visit)
-        await self._sessions.release(visit)
+        try:
+            if session._valid and self._limits.enforcing and not visit.refused:
+                try:
+                    await self._limits.enforce(session)
+                except SessionLimitError as exc:
+                    logger.warning("%s", exc)
+                    self._limits.undo(visit)
+        finally:  # cancelled or failed there: still let go of the session
+            await self._sessions.release(visit)
 
     async def release_lock(self, visit: Visit) -> None:
         """Give back the request's session lock early (a websocket holds it for its handshake
@@ -297,6 +302,7 @@ class SessionManager:
         if session._previous_id is None:
             session._previous_id = old_id
         self._sessions.rename_now(session, old_id)
+        self.accessors.renamed(old_id, new_id)
         if isinstance(self.store, MemoryStore):
             session._previous_id = None
         changed = self._listeners.session_id_changed
@@ -352,43 +358,6 @@ class SessionManager:
         once."""
         return await self._principals.invalidate_all(principal, keep)
 
-    # --- the reaper and the keeper -----------------------------------------------------------
-
-    async def reap(self) -> int:
-        """One reaper tick: expire every session past its deadline; return how many.
-
-        Only sessions that are due are touched (the store indexes deadlines), each is claimed by
-        exactly one process, and each fires ``session_destroyed`` with its attributes readable.
-        """
-        return await self._sessions.reap(_REAP_BATCH)
-
-    async def keep_alive(self) -> None:
-        """One keeper tick (shared stores): sessions in use here stay ahead of their deadline,
-        their lock leases are renewed, and their absolute timeout is enforced."""
-        await self._sessions.keep_alive()
-
-    @property
-    def reaper_running(self) -> bool:
-        return self._background.running
-
-    def start_reaper(self) -> None:
-        """Start the background reaper (and keeper) on the running event loop (idempotent)."""
-        self._background.start()
-
-    def start_reaper_lazily(self) -> None:
-        """Start the reaper unless it runs already or was stopped on purpose (shutdown)."""
-        if self._background.idle:
-            self._background.start()
-
-    async def stop_reaper(self) -> None:
-        """Stop the reaper and keeper; a tick under way claims nothing more and finishes
-        delivering what it claimed (bounded by ``shutdown_timeout``)."""
-        self.stopping = True
-        try:
-            await self._background.stop()
-        finally:
-            self.stopping = False
-
     # --- websockets --------------------------------------------------------------------------
 
     def websocket_opened(self, session: HttpSession, send: Send) -> SessionWebSocket:
@@ -430,18 +399,6 @@ class SessionManager:
         hooks = self._listeners.cookie_rejected
         if hooks:
             notify(hooks, CookieRejectedEvent(reason, scope), self._hook_tasks)
-
-    async def close(self) -> None:
-        """Stop the reaper and close the store."""
-        await self.stop_reaper()
-        await self.store.close()
-
-    async def __aenter__(self) -> SessionManager:
-        self.start_reaper()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return (

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .config import ManagerSettings
-    from .session import HttpSession, SessionOwner
+    from .owner import SessionOwner
+    from .session import HttpSession
 
 
 class SessionHost(Protocol):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -11,8 +15,10 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from starlette.testclient import TestClient
 
 from examples.chat import app as chat_app
+from examples.chat.__main__ import KeyFileError, kept_key
 from examples.chat.app import (
     MAX_MESSAGE,
     WORKER_VARIABLES,
@@ -163,7 +169,13 @@ async def test_favicon_is_served_without_a_session() -> None:
 
 # --- several workers need one shared key (and a shared store) ----------------------------------
 
-CHAT_ENV = ("CHAT_SECRET_KEY", "CHAT_STORE_URL", "CHAT_SINGLE_PROCESS", *WORKER_VARIABLES)
+CHAT_ENV = (
+    "CHAT_SECRET_KEY",
+    "CHAT_STORE_URL",
+    "CHAT_SINGLE_PROCESS",
+    "CHAT_SESSIONS_FILE",
+    *WORKER_VARIABLES,
+)
 
 
 @pytest.fixture
@@ -294,12 +306,18 @@ def test_uvicorn_with_two_workers_and_no_key_stops_with_the_reason(
     assert "failed to start, stopping the parent process" in result.stderr  # not a restart loop
 
 
-def test_the_readme_demo_command_runs_one_process_with_a_random_key() -> None:
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_the_readme_demo_command_runs_one_process_with_a_random_key(tmp_path: Path) -> None:
+    port = _free_port()
     # ignored: python -m examples.chat is one process
-    env = _demo_env(WEB_CONCURRENCY="2", UVICORN_WORKERS="2", GUNICORN_CMD_ARGS="-w 2")
+    env = _demo_env(WEB_CONCURRENCY="2", UVICORN_WORKERS="2", GUNICORN_CMD_ARGS="-w 2",
+                    CHAT_SESSIONS_FILE=str(tmp_path / "sessions.json"))  # fmt: skip
     argv = [sys.executable, "-m", "examples.chat", "--port", str(port)]
     with subprocess.Popen(
         argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -321,3 +339,164 @@ def test_the_readme_demo_command_runs_one_process_with_a_random_key() -> None:
     assert answer.status_code == 200
     assert answer.text.startswith("Hello, there!")
     assert "random key" in output
+
+
+# --- a restart keeps the conversations (memory:// with CHAT_SESSIONS_FILE) ---------------------
+
+
+def test_a_restart_keeps_the_conversation(tmp_path: Path) -> None:
+    """Lifespan shutdown saves the conversations; a new app on the same file restores them, and
+    the same cookie finds the same conversation."""
+    saved = tmp_path / "sessions.json"
+    options = {"token_delay": 0, "secret_key": SECRET, "sessions_file": saved}
+    with TestClient(create_app(**options), base_url="https://testserver") as http:
+        http.post("/api/chat", json={"message": "my name is ada"})
+        cookie = http.cookies["sessionid"]
+    assert saved.exists()
+    with TestClient(create_app(**options), base_url="https://testserver") as http:
+        http.cookies["sessionid"] = cookie
+        answer = http.post("/api/chat", json={"message": "who am i"})
+        history = http.get("/api/history").json()
+    assert answer.text == "You are Ada: you told me earlier in this session."
+    assert [turn["role"] for turn in history["turns"]] == ["user", "assistant"] * 2
+
+
+async def test_the_sessions_file_is_for_the_memory_store_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with caplog.at_level("WARNING", logger="chat"):
+        app = create_app(secret_key=SECRET, store_url=url, sessions_file=tmp_path / "s.json")
+    assert "CHAT_SESSIONS_FILE is ignored" in caplog.text
+    assert url not in caplog.text  # a store URL may hold a password
+    await app.state.session_manager.close()
+
+
+def test_python_m_examples_chat_keeps_conversations_across_a_restart(tmp_path: Path) -> None:
+    """The README's command, stopped with SIGTERM and started again: the browser's cookie joins
+    its conversation, signed with the random key kept beside the saved sessions."""
+    saved = tmp_path / "sessions.json"
+    env = _demo_env(CHAT_SESSIONS_FILE=str(saved))
+
+    def serve(message: str, cookie: str | None) -> tuple[httpx2.Response, str]:
+        port = _free_port()
+        argv = [sys.executable, "-m", "examples.chat", "--port", str(port)]
+        with subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as server:
+            try:
+                answer = None
+                headers = {"cookie": f"sessionid={cookie}"} if cookie else {}
+                for _ in range(200):
+                    try:
+                        answer = httpx2.post(
+                            f"http://127.0.0.1:{port}/api/chat",
+                            json={"message": message},
+                            headers=headers,
+                            timeout=5,
+                        )
+                        break
+                    except httpx2.TransportError:
+                        time.sleep(0.05)
+            finally:
+                server.terminate()  # SIGTERM: uvicorn runs the lifespan shutdown
+                output = server.communicate(timeout=10)[0]
+        assert answer is not None, output
+        return answer, output
+
+    first, output = serve("my name is grace", None)
+    assert "random key kept in" in output
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600, output
+    key_file = tmp_path / "sessions.json.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    cookie = first.cookies["sessionid"]
+    second, output = serve("who am i", cookie)
+    assert second.text == "You are Grace: you told me earlier in this session.", output
+    assert "set-cookie" not in second.headers  # the same session, not a new one
+
+
+# --- the key kept beside the saved conversations (python -m examples.chat) ---------------------
+
+
+def test_the_kept_key_is_made_once_0600_and_read_back(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions.json"
+    key = kept_key(sessions)
+    key_file = tmp_path / "sessions.json.key"
+    assert len(key) >= 32
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert kept_key(sessions) == key  # the next start signs with the same key
+    assert [p.name for p in tmp_path.iterdir()] == ["sessions.json.key"]  # no temporary left
+
+
+UNUSABLE_KEYS = {
+    "empty": b"",
+    "a_newline": b"\n",
+    "blanks": b"   \n",
+    "short": b"abc\n",
+    "31_bytes": b"K" * 31 + b"\n",
+    "not_ascii": "é".encode() * 20,
+}
+
+
+@pytest.mark.parametrize("content", UNUSABLE_KEYS.values(), ids=UNUSABLE_KEYS.keys())
+def test_an_unusable_key_file_is_replaced_with_a_warning_naming_it(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a new random key at every start without a word (the conversations would be lost at
+    every restart): one new key, written down, and said."""
+    key_file = tmp_path / "s.json.key"
+    key_file.write_bytes(content)
+    key_file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="examples.chat"):
+        key = kept_key(tmp_path / "s.json")
+    assert len(key) >= 32
+    assert key_file.read_text().strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(key_file) in caplog.text
+    assert "no usable key" in caplog.text
+    caplog.clear()
+    assert kept_key(tmp_path / "s.json") == key  # kept from then on
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666], ids=["group", "others", "everyone"])
+def test_a_key_file_others_may_write_stops_the_demo_naming_it(tmp_path: Path, mode: int) -> None:
+    key_file = tmp_path / "s.json.key"
+    key_file.write_text("K" * 43 + "\n")
+    key_file.chmod(mode)
+    with pytest.raises(KeyFileError, match=re.escape(str(key_file))) as refused:
+        kept_key(tmp_path / "s.json")
+    assert "others may write to it" in str(refused.value)
+    assert key_file.read_text() == "K" * 43 + "\n"  # left for the user to look at
+
+
+def test_a_symlinked_key_file_is_not_followed(tmp_path: Path) -> None:
+    planted = tmp_path / "planted"
+    planted.write_text("P" * 43)
+    planted.chmod(0o600)
+    (tmp_path / "s.json.key").symlink_to(planted)
+    with pytest.raises(KeyFileError, match="it is a symbolic link"):
+        kept_key(tmp_path / "s.json")
+    assert planted.read_text() == "P" * 43
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_key_file_of_another_user_stops_the_demo(tmp_path: Path) -> None:
+    key_file = tmp_path / "s.json.key"
+    key_file.write_text("K" * 43)
+    key_file.chmod(0o600)
+    os.chown(key_file, 4242, -1)
+    with pytest.raises(KeyFileError, match="belongs to uid 4242"):
+        kept_key(tmp_path / "s.json")
+
+
+def test_a_key_file_write_that_fails_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the key file's, as written by memory_file
+    with pytest.raises(KeyFileError, match="No space left on device"):
+        kept_key(tmp_path / "s.json")
+    assert list(tmp_path.iterdir()) == []  # neither a key file nor a temporary one

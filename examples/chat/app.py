@@ -18,6 +18,15 @@ Run it with ``python -m examples.chat`` (see the README). Environment variables:
 ``CHAT_STORE_URL``
     Default ``memory://`` (one process only); e.g. ``redis://127.0.0.1:6379/0`` or
     ``sqlite:///chat.db`` to share conversations between workers.
+``CHAT_SESSIONS_FILE``
+    With the ``memory://`` store: a file where conversations wait while the app restarts
+    (``MemoryStore(persist_to=...)``: written at shutdown, read back and deleted at startup, so
+    the same cookie finds the same conversation). ``python -m examples.chat`` uses
+    ``.chat-sessions.json`` in the working directory unless this is set (set it empty for none);
+    otherwise unset means none. The file holds session IDs: it is created ``0600``. A restart
+    keeps conversations only if cookies stay valid, so the signing key must survive it too:
+    ``CHAT_SECRET_KEY``, or in single-process mode a random key kept beside the file
+    (``<file>.key``, ``0600``).
 ``CHAT_IDLE_TIMEOUT``
     Seconds, default 1800.
 ``CHAT_REAPER_INTERVAL``
@@ -57,7 +66,7 @@ from servletsession import (
     SessionMiddleware,
     get_session,
 )
-from servletsession.stores import store_from_url
+from servletsession.stores import MemoryStore, SessionStore, store_from_url
 
 from .bot import reply, stream_words
 from .models import ChatPrompt
@@ -276,16 +285,29 @@ def create_app(
     secure: bool = True,
     token_delay: float | None = None,
     store_url: str | None = None,
+    sessions_file: str | Path | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the demo app; arguments default to the environment variables above."""
     url = store_url or os.environ.get("CHAT_STORE_URL", "memory://")
+    saved = sessions_file or os.environ.get("CHAT_SESSIONS_FILE") or None
     problems = environment_problems(url, secret_key is not None, sys.argv, os.environ)
     if problems:
         raise ChatConfigError("\n".join(problems))
     key = secret_key or os.environ.get("CHAT_SECRET_KEY") or secrets.token_urlsafe(32)
+    store: SessionStore
+    if url != "memory://":
+        store = store_from_url(url)
+        if saved is not None:
+            logger.warning(
+                "CHAT_SESSIONS_FILE is ignored: it is for the memory:// store, and the store of "
+                "CHAT_STORE_URL keeps sessions across restarts by itself"
+            )
+    else:
+        store = MemoryStore(persist_to=saved)  # the conversations survive a restart
     manager = SessionManager(
-        store_from_url(url, models=[ChatPrompt]) if url != "memory://" else None,
+        store,
+        models=[ChatPrompt],  # the history is JSON in the file, or in a shared store
         listeners=[SessionLog()],
         max_inactive_interval=max_inactive_interval
         or int(os.environ.get("CHAT_IDLE_TIMEOUT", "1800")),

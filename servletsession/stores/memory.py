@@ -5,11 +5,16 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .base import SessionStore
+from .memory_file import SessionFile
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..session import HttpSession
 
 _RETRY_IN_FLIGHT = 1.0  # seconds before looking again at a due session a request is still using
@@ -19,9 +24,16 @@ class MemoryStore(SessionStore):
     """The default store: one process, live objects.
 
     The object a request puts in the session is the very object the next request gets back, so a
-    conversation history mutated while a response streams is simply kept. Nothing survives a
-    restart and nothing is shared between worker processes: use ``SQLStore`` or ``RedisStore``
-    for that.
+    conversation history mutated while a response streams is simply kept. Nothing is shared
+    between worker processes: use ``SQLStore`` or ``RedisStore`` for that.
+
+    ``persist_to`` (a file path) keeps sessions across a restart, as Tomcat's ``StandardManager``
+    does: they are written to that file when the app shuts down (lifespan shutdown, after the
+    app's own handlers; ``manager.close()``) and read back when it starts (lifespan startup;
+    ``async with manager``), with the same IDs, so the same cookies join them again. Values are
+    written as JSON (pydantic models from the manager's ``models=`` allow-list), never pickled;
+    see `servletsession.restart` for what is kept and which events fire. One process only: the
+    file is this process's, and holds session IDs (``0600``).
 
     Expiry is indexed by a heap of ``(deadline, id)`` entries with lazy deletion: an entry whose
     session moved on (touched, renamed, gone) is dropped or pushed again when it comes due. A
@@ -31,10 +43,16 @@ class MemoryStore(SessionStore):
     The manager drives it directly (its methods are synchronous: nothing here waits).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, persist_to: str | os.PathLike[str] | None = None) -> None:
         self._sessions: dict[str, HttpSession] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._by_principal: dict[str, set[str]] = {}
+        #: Where sessions wait while the app is down (``persist_to``), or ``None``.
+        self.file = SessionFile(persist_to) if persist_to is not None else None
+
+    def allow_models(self, models: Iterable[type[BaseModel]]) -> None:
+        if self.file is not None:
+            self.file.serializer.allow(models)
 
     # --- the manager's side ------------------------------------------------------------------
 
@@ -50,10 +68,12 @@ class MemoryStore(SessionStore):
         return session_id in self._sessions
 
     def add(self, session: HttpSession) -> None:
-        """Hold a new session (or one whose ID changed) from now on."""
+        """Hold a new session (or one whose ID changed) from now on. Its deadline is worked out
+        first: if that fails, the store is left as it was (never a session held but unscheduled,
+        which nothing would ever expire)."""
+        self._schedule(session)
         self._sessions[session._id] = session
         session._stored = True
-        self._schedule(session)
         if session._principal is not None:
             self._by_principal.setdefault(session._principal, set()).add(session._id)
 
