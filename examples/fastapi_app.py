@@ -1,7 +1,9 @@
 """A FastAPI app on servletsession: ``uvicorn examples.fastapi_app:app``.
 
 A shopping cart in the session, a login that binds the principal and rotates the session ID,
-and a websocket that greets the session's user.
+and a websocket that greets the session's user. ``pip install -e '.[demo]'`` installs what it
+needs: FastAPI, uvicorn and a websocket implementation (``websockets``; the ``fastapi`` extra
+brings it too), without which uvicorn answers the websocket route with 404.
 """
 
 from __future__ import annotations

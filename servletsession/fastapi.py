@@ -12,6 +12,12 @@ async def add(item: str, session: SessionDep) -> dict[str, int]:
 
 Both take the connection only (``HTTPConnection``), so they work in HTTP and websocket routes and
 add nothing to the OpenAPI schema. Requires ``SessionMiddleware`` on the app.
+
+Both are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in a
+worker thread, and an ``async def`` one on the event loop, where the session's ``async def``
+listeners (``session_created``) run. A plain ``def`` route using them is fine too: the events it
+causes from its worker thread are handed to the loop, in order, and delivered before the response
+is finished.
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ from .context import get_session
 from .session import HttpSession
 
 
-def session_of(connection: HTTPConnection) -> HttpSession:
+async def session_of(connection: HTTPConnection) -> HttpSession:
     """The request's session, created if it has none (``request.getSession()``)."""
     session = get_session(connection, create=True)
     assert session is not None
     return session
 
 
-def optional_session_of(connection: HTTPConnection) -> HttpSession | None:
+async def optional_session_of(connection: HTTPConnection) -> HttpSession | None:
     """The request's session, or ``None`` if it has none (``request.getSession(false)``)."""
     return get_session(connection, create=False)
 

@@ -7,7 +7,8 @@ object may implement any subset of them, each method sync or ``async def``:
 * An ``async def`` method is started at once as a task, chained behind the earlier async
   deliveries of the same session, so each listener sees one session's events in the order they
   happened. The middleware awaits the chain before the request finishes and before the session is
-  saved (`settle`).
+  saved (`settle`). The chain lives on the app's event loop: an event caused in a worker thread
+  (a ``def`` endpoint) is handed to that loop.
 * A listener that raises is logged and skipped (Servlet containers do the same, e.g. Tomcat's
   ``StandardSession.expire()``): it never fails the request or stops the other listeners.
 """
@@ -97,7 +98,9 @@ class HttpSessionIdListener(Protocol):
 
 class HttpSessionActivationListener(Protocol):
     """Implemented by an attribute *value*: told before its session is written to a store and
-    after it is read back (only stores that serialize sessions do either)."""
+    after it is read back: on a shared store as the session comes into a process and leaves it, with
+    ``MemoryStore(persist_to=...)`` at shutdown and startup (Servlet spec 7.7.2: a container that
+    migrates or persists sessions)."""
 
     def session_will_passivate(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
     def session_did_activate(self, event: HttpSessionEvent) -> MaybeAwaitable: ...
@@ -260,30 +263,94 @@ async def settle(session: HttpSession) -> None:
 
     A failure of the chain itself (a store claim that could not be made) is raised, and stays:
     every request of the session that settles learns it (an ``invalidate()`` that did not happen
-    must not answer as if it had, whichever request met the failure first)."""
+    must not answer as if it had, whichever request met the failure first).
+
+    The wait is shielded: a waiter that is cancelled (a client that went away, a timeout around
+    an access) gets its ``CancelledError``, but the chain runs on to its end, so a
+    ``session_destroyed`` is delivered and the attributes it guards are still unbound."""
     while (tail := session._listener_tail) is not None:
-        await tail
+        await asyncio.shield(tail)
         if session._listener_tail is tail:
             session._listener_tail = None
 
 
 def chain(session: HttpSession, work: Awaitable[None]) -> None:
-    """Run ``work`` after every delivery already started for ``session`` (its event order)."""
-    previous = session._listener_tail
+    """Run ``work`` after every delivery already started for ``session`` (its event order).
 
-    async def in_order() -> None:
-        if previous is not None:
-            await previous
-        await work
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        # No event loop in this thread (a script or a sync test): nothing can be pending either,
-        # so run the delivery to completion here.
-        asyncio.run(in_order())
+    The chain lives on one event loop, the app's. Called from another thread (a FastAPI or
+    Starlette ``def`` endpoint runs in a worker thread) it is handed to that loop; only where no
+    loop owns the session at all (a script, a sync test) is ``work`` run here to completion."""
+    here = _running_loop()
+    owner = _owning_loop(session, here)
+    if owner is None:
+        # No event loop owns this session: nothing can be pending on one either (a finished
+        # tail can be awaited from any loop), so run the delivery to completion here.
+        previous = session._listener_tail
+        asyncio.run(_in_order(previous, work))
         return
-    session._listener_tail = loop.create_task(in_order())
+    if owner is here:
+        _chain_here(session, work)
+        return
+    # Another thread's loop owns the chain: the callback chains ``work`` there, behind what is
+    # pending. Event order holds: callbacks run in the order they were queued (FIFO), and a
+    # worker thread's result is itself delivered to the loop by ``call_soon_threadsafe`` (anyio's
+    # ``to_thread.run_sync`` behind ``run_in_threadpool``, and ``run_in_executor``) only after the
+    # function returned, so every event the thread queued is chained before the request that
+    # awaits the thread resumes, and before it settles the session and saves it.
+    try:
+        owner.call_soon_threadsafe(_chain_here, session, work)
+    except RuntimeError:  # the loop closed meanwhile: nothing of it can be pending any more
+        asyncio.run(_in_order(None, work))
+
+
+def _chain_here(session: HttpSession, work: Awaitable[None]) -> None:
+    session._listener_tail = asyncio.get_running_loop().create_task(
+        _in_order(session._listener_tail, work)
+    )
+
+
+async def _in_order(previous: asyncio.Task[None] | None, work: Awaitable[None]) -> None:
+    if previous is not None:
+        await previous
+    await work
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _owning_loop(
+    session: HttpSession, here: asyncio.AbstractEventLoop | None
+) -> asyncio.AbstractEventLoop | None:
+    """The running loop the session's deliveries belong on: that of its chain (pending or just
+    finished), else this thread's, else, in an anyio worker thread, the loop that started it."""
+    tail = session._listener_tail
+    if tail is not None:
+        loop = tail.get_loop()
+        if loop is here or (loop.is_running() and not loop.is_closed()):
+            return loop
+        if not tail.done():
+            # Its loop is gone: the delivery can never finish, so nothing can wait for it.
+            session._listener_tail = None
+    if here is not None:
+        return here
+    return _worker_threads_loop()
+
+
+def _worker_threads_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop that runs this thread's work, if this is an anyio worker thread (where
+    Starlette and FastAPI run ``def`` endpoints and dependencies)."""
+    try:
+        from anyio.from_thread import run_sync
+    except ImportError:  # pragma: no cover - Starlette depends on anyio
+        return None
+    try:
+        return run_sync(asyncio.get_running_loop)
+    except RuntimeError:  # not an anyio worker thread
+        return None
 
 
 async def _guarded(session: HttpSession, method: Method, awaitable: Awaitable[Any]) -> None:

@@ -17,6 +17,7 @@ from servletsession import (
     SessionManager,
     get_session,
 )
+from servletsession.listeners import settle
 
 from .conftest import FakeClock, client, cookie_header, make_app
 
@@ -387,3 +388,37 @@ def test_listeners_fired_outside_an_event_loop_still_run(caplog: pytest.LogCaptu
         session = manager.create_session()
         session["a"] = 1
     assert seen == ["a"]
+
+
+async def test_a_cancelled_wait_for_the_listeners_leaves_the_chain_running(
+    clock: FakeClock,
+) -> None:
+    """``settle`` is shielded: the waiter (a request whose client left, an access under a
+    timeout) is cancelled, but the chain still delivers ``session_destroyed`` and unbinds."""
+    gate = asyncio.Event()
+    seen: list[Any] = []
+
+    class Slow:
+        async def attribute_added(self, event: HttpSessionBindingEvent) -> None:
+            await gate.wait()
+            seen.append(("added", event.name))
+
+        async def session_destroyed(self, event: HttpSessionEvent) -> None:
+            seen.append(("destroyed", event.session.get_attribute("a")))
+
+        def attribute_removed(self, event: HttpSessionBindingEvent) -> None:
+            seen.append(("removed", event.name))
+
+    manager = SessionManager(clock=clock, listeners=[Slow()])
+    session = manager.create_session()
+    session["a"] = 1
+    session.invalidate()
+    waiter = asyncio.get_running_loop().create_task(settle(session))
+    await asyncio.sleep(0)  # the waiter is waiting for the chain
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.set()
+    await settle(session)
+    assert seen == [("added", "a"), ("destroyed", 1), ("removed", "a")]
+    await manager.close()
