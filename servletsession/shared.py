@@ -176,16 +176,18 @@ class SharedSessions:
         session = visit.session
         assert session is not None
         try:
-            if not visit.refused:
-                try:
-                    await settle(session)
-                except StoreUnavailableError:
-                    self.refuse(visit)
-                    raise
-            session._end_access(self._host.clock())
-            if session._in_flight == 0 and self.in_process.get(session._id) is session:
-                # Let go now, before writing: a request arriving meanwhile reads the store.
-                del self.in_process[session._id]
+            try:
+                if not visit.refused:
+                    try:
+                        await settle(session)
+                    except StoreUnavailableError:
+                        self.refuse(visit)
+                        raise
+            finally:  # refused or cancelled too: the request no longer holds the share
+                session._end_access(self._host.clock())
+                if session._in_flight == 0 and self.in_process.get(session._id) is session:
+                    # Let go now, before writing: a request arriving meanwhile reads the store.
+                    del self.in_process[session._id]
             if not visit.refused and session._valid:
                 if session._in_flight == 0:
                     to_values(session, "session_will_passivate")  # it leaves the process
