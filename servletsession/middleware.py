@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
+from anyio import CancelScope
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .changes import change_journal
@@ -256,7 +257,11 @@ class SessionMiddleware:
                 await socket.stop()
             if context.visits:
                 try:
-                    await context.finish()
+                    if saves:  # store calls: let a cancelled request still write and unlock
+                        with CancelScope(shield=True):
+                            await context.finish()
+                    else:
+                        await context.finish()
                 except StoreUnavailableError as exc:
                     logger.error("session store unavailable while finishing a request: %s", exc)
 

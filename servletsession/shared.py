@@ -26,6 +26,8 @@ import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
+from anyio import CancelScope
+
 from .changes import (
     SESSION_ID,
     Unsaved,
@@ -76,7 +78,8 @@ class SharedSessions:
         try:
             session = await self._confirm(session_id, visit)
         except BaseException:
-            await self.release_lock(visit, session_id)
+            with CancelScope(shield=True):  # an anyio cancellation strikes every await again
+                await self.release_lock(visit, session_id)
             raise
         if session is None:
             await self.release_lock(visit, session_id)

@@ -5,13 +5,19 @@ idle out. Without this, a share "in use" for ever is kept alive by the keeper an
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
+import anyio
 import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
-from servletsession import HttpSessionBindingEvent, SessionManager
+from servletsession import HttpSessionBindingEvent, SessionManager, get_session
 from servletsession.context import RequestSession
 
-from ..conftest import FakeClock
+from ..conftest import FakeClock, client, make_app
 from .conftest import StoreFactory, stores
 
 pytestmark = pytest.mark.anyio
@@ -93,4 +99,47 @@ async def test_finishing_a_request_cancelled_on_its_first_session_releases_the_n
     assert second._in_flight == 0
     assert first_id not in manager.in_process
     assert second_id not in manager.in_process
+    await manager.close()
+
+
+@stores("sqlite", "redis")
+async def test_a_request_an_anyio_scope_cancels_still_gives_back_its_session_lock(
+    store_factory: StoreFactory,
+) -> None:
+    """anyio cancellation (a cancel scope or task group outside the middleware, as when a
+    client goes away) strikes every later await again; the middleware still saves and unlocks,
+    so the session's next request does not wait for the lock's lease to run out."""
+    manager = SessionManager(store_factory(), locking="session", lock_timeout=4)
+
+    async def login(request: Request) -> Response:
+        get_session(request).set_attribute("user", "alice")
+        return PlainTextResponse("ok")
+
+    async def slow(request: Request) -> Response:
+        get_session(request).set_attribute("n", 1)
+        await asyncio.sleep(5)  # the client goes away meanwhile
+        return PlainTextResponse("late")
+
+    async def fast(request: Request) -> Response:
+        return PlainTextResponse(str(get_session(request).get_attribute("user")))
+
+    inner = make_app(manager, [Route("/login", login), Route("/slow", slow), Route("/fast", fast)])
+
+    async def gives_up(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/slow":
+            with anyio.move_on_after(0.2):
+                await inner(scope, receive, send)
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await inner(scope, receive, send)
+
+    async with client(gives_up) as browser:
+        await browser.get("/login")
+        assert (await browser.get("/slow")).status_code == 504
+        started = time.monotonic()
+        answer = await browser.get("/fast")
+        waited = time.monotonic() - started
+    assert answer.text == "alice"
+    assert waited < 1.0, f"the next request waited {waited:.1f} s for a lock nobody held"
     await manager.close()
