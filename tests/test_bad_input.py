@@ -228,3 +228,26 @@ def test_cookie_signatures_are_itsdangerous_signatures() -> None:
         assert ours.sign_id(session_id) == stock.sign(session_id)
         assert stock.unsign(ours.sign_id(session_id)) == session_id.encode()
         assert ours.unsign(stock.sign(session_id)) == session_id.encode()
+
+
+def test_the_verified_cookie_caches_stay_bounded_and_drop_the_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every new session's cookie is remembered; past the bound the oldest goes, in O(1) (a
+    plain dict's first key, after many deletions at its front, is found by scanning the holes)."""
+    from servletsession import cookies
+
+    monkeypatch.setattr(cookies, "_VERIFIED_CACHE_SIZE", 100)
+    codec = cookies.CookieCodec(
+        secret_keys=[b"k" * 32], name="sessionid", path="/", domain=None, max_age=None,
+        secure=True, http_only=True, same_site="lax",
+    )  # fmt: skip
+    ids = [cookies.new_session_id() for _ in range(250)]
+    values = [codec.set_cookie(session_id).split(b";")[0] for session_id in ids]
+    for value in values:
+        codec.read([(b"cookie", value)])
+    assert len(codec._verified) == 100
+    assert len(codec._verified_headers) == 100
+    kept = list(codec._verified.values())
+    assert kept == ids[-100:], "not the newest 100, oldest first"
+    assert codec.read([(b"cookie", values[0])]) == (ids[0], "valid")  # verified again by HMAC
