@@ -3,18 +3,17 @@
 A process's [`HttpSession`][servletsession.HttpSession] is only a *share* among that process's
 concurrent requests of the session. So:
 
-* every joining request confirms the session with the store, in the round trip that records its
-  access; a session the store no longer has is dropped here, never saved back;
+* every joining request confirms the session with the store as it records its access; a
+  session the store no longer has is dropped here, never saved back;
 * an end (invalidate, expiry, eviction) is first *claimed* in the store: only the process whose
   delete removed the session fires ``session_destroyed``, once;
 * an ID that this process changed or ended is refused here at once (``retired``) and everywhere
   once the store has the change, which is written as the response starts;
 * saves write what changed, attribute by attribute, and metadata only when it changed;
-* while a request or websocket is in flight, `keep_alive` keeps the stored deadline ahead
-  (a session in use is not idle) and renews each request's lock lease; the absolute timeout
-  holds however busy the session is;
-* a store that cannot answer makes the request a *refused* one (503): nothing of it is written,
-  and the share is dropped so that the next request reads the truth again.
+* while a request or websocket is in flight, `keep_alive` keeps the stored deadline ahead and
+  renews lock leases; the absolute timeout holds however busy the session is;
+* a store that cannot answer makes the request *refused* (503): nothing of it is written, and
+  the share is dropped so that the next request reads the truth again.
 """
 
 from __future__ import annotations
@@ -111,8 +110,7 @@ class SharedSessions:
             self.in_process[session_id] = share = session
             to_values(session, "session_did_activate")
         elif not share._saving and ticket > max(share._snapshot, share._save_started):
-            # No write of the share is under way or began after our read, and no read that
-            # began later has been taken in: what we read is newer than what the share holds.
+            # No write under way or begun after our read, no later read taken in: ours is newer.
             fresh = self._store.decode_all(session_id, stored.attributes or {}, strict=False)
             refresh(share, stored, fresh or {})
             share._snapshot = ticket
@@ -424,8 +422,7 @@ class SharedSessions:
         session._idle_since = now = self._host.clock()
         if not session._stored:
             return True
-        # Under the ID the store holds it by: an ID change is written as the response starts.
-        expires = await self._store.touch(session._previous_id or session._id, now)
+        expires = await self._store.touch(session._previous_id or session._id, now)  # stored ID
         if expires is None:
             self._drop(session._id, session)
             return False
