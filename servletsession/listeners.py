@@ -7,8 +7,9 @@ object may implement any subset of them, each method sync or ``async def``:
 * An ``async def`` method is started at once as a task, chained behind the earlier async
   deliveries of the same session, so each listener sees one session's events in the order they
   happened. The middleware awaits the chain before the request finishes and before the session is
-  saved (`settle`). The chain lives on the app's event loop: an event caused in a worker thread
-  (a ``def`` endpoint) is handed to that loop.
+  saved (`settle`). The chain lives on the app's event loop: an event caused in another thread
+  (a ``def`` endpoint, ``asyncio.to_thread``, an executor, a thread of the app's) is handed to
+  that loop, where the app's loop-bound resources (connections, queues, locks) work.
 * A listener that raises is logged and skipped (Servlet containers do the same, e.g. Tomcat's
   ``StandardSession.expire()``): it never fails the request or stops the other listeners.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
@@ -242,9 +244,13 @@ def after_pending(session: HttpSession, step: Callable[[], None]) -> None:
     """Run ``step`` once every async delivery already started for ``session`` has finished.
 
     With nothing pending it runs now. Expiry uses it so that attributes are unbound only after an
-    ``async`` ``session_destroyed`` listener has had its chance to read them.
+    ``async`` ``session_destroyed`` listener has had its chance to read them (Servlet spec:
+    ``sessionDestroyed`` is notified while the session is still valid, then the attributes are
+    unbound). A delivery handed to the loop from this thread and not yet chained there is pending
+    too: the step is handed off behind it (callbacks run in the order they were queued).
     """
-    if session._listener_tail is None:
+    # Hand-offs first: one that lands between the two reads has already set the tail.
+    if not _handed_off.get(id(session)) and session._listener_tail is None:
         step()
         return
 
@@ -278,9 +284,10 @@ def chain(session: HttpSession, work: Awaitable[None]) -> None:
     """Run ``work`` after every delivery already started for ``session`` (its event order).
 
     The chain lives on one event loop, the app's. Called from another thread (a FastAPI or
-    Starlette ``def`` endpoint runs in a worker thread) it is handed to that loop; only where no
-    loop owns the session at all (a script, a sync test) is ``work`` run here to completion."""
-    here = _running_loop()
+    Starlette ``def`` endpoint runs in a worker thread, ``asyncio.to_thread``, an executor) it is
+    handed to that loop; only where no loop owns the session at all (a script, a sync test) is
+    ``work`` run here to completion."""
+    here = running_loop()
     owner = _owning_loop(session, here)
     if owner is None:
         # No event loop owns this session: nothing can be pending on one either (a finished
@@ -294,13 +301,40 @@ def chain(session: HttpSession, work: Awaitable[None]) -> None:
     # Another thread's loop owns the chain: the callback chains ``work`` there, behind what is
     # pending. Event order holds: callbacks run in the order they were queued (FIFO), and a
     # worker thread's result is itself delivered to the loop by ``call_soon_threadsafe`` (anyio's
-    # ``to_thread.run_sync`` behind ``run_in_threadpool``, and ``run_in_executor``) only after the
-    # function returned, so every event the thread queued is chained before the request that
-    # awaits the thread resumes, and before it settles the session and saves it.
+    # ``to_thread.run_sync`` behind ``run_in_threadpool``, and ``run_in_executor`` behind
+    # ``asyncio.to_thread``) only after the function returned, so every event the thread queued
+    # is chained before the request that awaits the thread resumes, and before it settles the
+    # session and saves it. (A thread the app starts and does not wait for is chained whenever
+    # it gets there, still in order and on the app's loop.)
+    key = id(session)
+    with _handed_off_lock:
+        _handed_off[key] = _handed_off.get(key, 0) + 1
     try:
-        owner.call_soon_threadsafe(_chain_here, session, work)
+        owner.call_soon_threadsafe(_chain_handed_off, session, work)
     except RuntimeError:  # the loop closed meanwhile: nothing of it can be pending any more
+        _landed(key)
         asyncio.run(_in_order(None, work))
+
+
+#: Deliveries handed to a session's loop from another thread and not chained there yet, by
+#: ``id(session)``: `after_pending` must wait for them too. The queued callback holds the
+#: session, so an ID counted here cannot be reused by another session meanwhile.
+_handed_off: dict[int, int] = {}
+_handed_off_lock = threading.Lock()
+
+
+def _chain_handed_off(session: HttpSession, work: Awaitable[None]) -> None:
+    try:
+        _chain_here(session, work)
+    finally:
+        _landed(id(session))
+
+
+def _landed(key: int) -> None:
+    with _handed_off_lock:
+        left = _handed_off.pop(key) - 1
+        if left:
+            _handed_off[key] = left
 
 
 def _chain_here(session: HttpSession, work: Awaitable[None]) -> None:
@@ -315,7 +349,8 @@ async def _in_order(previous: asyncio.Task[None] | None, work: Awaitable[None]) 
     await work
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """This thread's running event loop, if any (``HttpSession`` records its app's with it)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -326,7 +361,9 @@ def _owning_loop(
     session: HttpSession, here: asyncio.AbstractEventLoop | None
 ) -> asyncio.AbstractEventLoop | None:
     """The running loop the session's deliveries belong on: that of its chain (pending or just
-    finished), else this thread's, else, in an anyio worker thread, the loop that started it."""
+    finished), else this thread's, else the app's loop it was last used on (``session._loop``,
+    from a thread of ``asyncio.to_thread``, an executor or the app's), else, in an anyio worker
+    thread, the loop that started it."""
     tail = session._listener_tail
     if tail is not None:
         loop = tail.get_loop()
@@ -337,7 +374,11 @@ def _owning_loop(
             session._listener_tail = None
     if here is not None:
         return here
-    return _worker_threads_loop()
+    home = session._loop
+    if home is not None and home.is_running() and not home.is_closed():
+        return home
+    session._loop = home = _worker_threads_loop()
+    return home
 
 
 def _worker_threads_loop() -> asyncio.AbstractEventLoop | None:

@@ -66,7 +66,8 @@ logger = logging.getLogger("servletsession")
 
 
 #: How far in the future a saved time may be (the clock may have been stepped back a little
-#: between the save and the restore); anything later is a damaged or planted record.
+#: between the save and the restore), and how far before the creation time a later reading may
+#: be (stepped back while the session lived); anything further is a damaged or planted record.
 CLOCK_SKEW = 300.0
 
 _Time = Annotated[float, Field(ge=0)]
@@ -76,8 +77,8 @@ class SavedSession(BaseModel):
     """One session as the file holds it, checked on the way back in: a damaged or hand-edited
     record is refused, never guessed at. Each field is bounded as a live session's is: an ID of
     the shape this library issues, finite times between the epoch and now (``context={"now":
-    ...}``) plus `CLOCK_SKEW`, none before the creation time, timeouts in the range the manager
-    accepts, and a principal ``session.principal`` would accept."""
+    ...}``) plus `CLOCK_SKEW`, none more than `CLOCK_SKEW` before the creation time, timeouts in
+    the range the manager accepts, and a principal ``session.principal`` would accept."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, frozen=True, extra="forbid")
 
@@ -112,8 +113,10 @@ class SavedSession(BaseModel):
 
     @model_validator(mode="after")
     def _times_in_order(self, info: ValidationInfo) -> SavedSession:
+        # A live session's clock readings may step back too (NTP), so a later reading a little
+        # before the creation time is one the library wrote itself, not a damaged record.
         for name in ("last_accessed_time", "this_accessed_time", "idle_since"):
-            if getattr(self, name) < self.creation_time:
+            if getattr(self, name) < self.creation_time - CLOCK_SKEW:
                 raise ValueError(f"{name} is before creation_time")
         now = info.context.get("now") if isinstance(info.context, dict) else None
         if now is not None:

@@ -23,6 +23,7 @@ from .listeners import (
     deliver,
     deliver_to_value,
     delivering_for,
+    running_loop,
 )
 from .owner import SessionOwner
 
@@ -60,6 +61,7 @@ class HttpSession(MutableMapping[str, Any]):
         "_is_new",
         "_last_accessed_time",
         "_listener_tail",
+        "_loop",
         "_max_inactive_interval",
         "_owner",
         "_previous_id",
@@ -106,6 +108,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._expiring = False
         self._in_flight = 0
         self._listener_tail: asyncio.Task[None] | None = None
+        self._loop = running_loop()  # the app's: listeners.chain hands it other threads' events
         self._changed_names: set[str] | None = None
         self._unsaved: Unsaved | None = None  # shared stores: who changed what since the save
         self._track_reads = False  # save_mode "on_get": attributes read are written back too
@@ -379,6 +382,7 @@ class HttpSession(MutableMapping[str, Any]):
         self._idle_since = now
         self._is_new = False
         self._in_flight += 1
+        self._loop = running_loop() or self._loop  # joined on the app's loop (a new one, maybe)
 
     def _end_access(self, now: float) -> None:
         """A request that joined the session finished: the idle clock restarts now."""

@@ -69,7 +69,11 @@ def _surfacing(init: Callable[P, None]) -> Callable[P, None]:
         try:
             init(*args, **kwargs)
         except (ConfigurationError, TypeError) as exc:  # TypeError: an option's name or type
-            if outer or not _built_lazily_while_serving(sys._getframe(1)):
+            if (
+                outer
+                or not _constructs_it_whole(args[0])
+                or not _built_lazily_while_serving(sys._getframe(1))
+            ):
                 raise
             app = args[1] if len(args) > 1 else kwargs.get("app")
             if not _become_misconfigured(args[0], app, exc):
@@ -111,6 +115,14 @@ class _SurfacingInit:
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         self.function(*args, **kwargs)
+
+
+def _constructs_it_whole(instance: object) -> bool:
+    """Whether the instance's own ``__init__`` is a surfacing one, so no constructor of its class
+    is still to run after this one returns. A subclass whose own ``__init_subclass__`` skips
+    ``super()`` leaves the ``__init__`` of the classes below it undecorated; replacing the instance
+    would run their code after ``super().__init__()`` on a `MisconfiguredMiddleware`."""
+    return getattr(type(instance).__init__, "_surfacing", False) is True
 
 
 def _built_lazily_while_serving(frame: Any) -> bool:

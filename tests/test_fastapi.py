@@ -32,7 +32,10 @@ from servletsession.fastapi import OptionalSessionDep, SessionDep, optional_sess
 from servletsession.stores.sql import SQLStore
 
 from .conftest import SECRET, client, cookie_header
+from .stores.conftest import StoreFactory, store_factory, stores
 from .uvicorn_process import UvicornProcess
+
+__all__ = ["store_factory"]  # the fixture, imported for the store test
 
 pytestmark = pytest.mark.anyio
 
@@ -278,3 +281,137 @@ async def test_a_session_written_from_a_plain_thread_keeps_its_event_order() -> 
     assert response.status_code == 200
     assert [what for what, _, _ in audit.seen] == ["created", "added cart", "added user"]
     assert len({loop for _, _, loop in audit.seen}) == 1
+
+
+# --- events caused in other threads: on the app's loop, in the Servlet spec's order -----------
+
+
+class Logout:
+    """``session_destroyed`` (async) reads the user while the session is still readable; the
+    unbinding that follows is seen by ``attribute_removed``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any, asyncio.AbstractEventLoop | None]] = []
+
+    async def session_destroyed(self, event: HttpSessionEvent) -> None:
+        await asyncio.sleep(0)
+        user = event.session.get_attribute("user")
+        self.seen.append(("destroyed", user, asyncio.get_running_loop()))
+
+    def attribute_removed(self, event: HttpSessionBindingEvent) -> None:
+        self.seen.append(("removed", event.name, None))
+
+
+async def log_in_route(request: Request) -> Response:
+    session = get_session(request)
+    assert session is not None
+    session["user"] = "ada"
+    return Response("welcome")
+
+
+async def who_route(request: Request) -> Response:
+    session = get_session(request, create=False)
+    return Response("nobody" if session is None else str(session.get("user")))
+
+
+@pytest.mark.parametrize("endpoint", ["async", "def"])
+async def test_a_logout_destroys_while_readable_then_unbinds_in_a_def_route_too(
+    endpoint: str,
+) -> None:
+    """Servlet spec order on ``invalidate()``: ``session_destroyed`` (here async) reads the
+    attributes, and only then are they unbound, in a ``def`` route (worker thread) exactly as in
+    an ``async def`` one."""
+    listener = Logout()
+
+    async def async_logout(request: Request) -> Response:
+        get_session(request).invalidate()  # type: ignore[union-attr]
+        return Response("bye")
+
+    def def_logout(request: Request) -> Response:
+        get_session(request).invalidate()  # type: ignore[union-attr]
+        return Response("bye")
+
+    logout = async_logout if endpoint == "async" else def_logout
+    app = Starlette(routes=[Route("/login", log_in_route), Route("/logout", logout)])
+    app.add_middleware(Sessions, secret_key=SECRET, manager=SessionManager(listeners=[listener]))
+    async with client(app) as http:
+        await http.get("/login")
+        assert (await http.get("/logout")).text == "bye"
+    loop = asyncio.get_running_loop()
+    assert listener.seen == [("destroyed", "ada", loop), ("removed", "user", None)]
+
+
+def in_a_thread_of(how: str) -> Any:
+    """How an ``async def`` route hands blocking work to a thread that is no anyio worker."""
+
+    async def run(function: Any, *args: Any) -> None:
+        if how == "to_thread":
+            await asyncio.to_thread(function, *args)
+        elif how == "executor":
+            await asyncio.get_running_loop().run_in_executor(None, function, *args)
+        else:  # a thread of the app's own, waited for
+            thread = threading.Thread(target=function, args=args)
+            thread.start()
+            await asyncio.to_thread(thread.join)
+
+    return run
+
+
+@pytest.mark.parametrize("how", ["to_thread", "executor", "thread"])
+async def test_async_listeners_of_events_from_other_threads_run_on_the_apps_loop(
+    how: str,
+) -> None:
+    """An event caused in a thread that is no anyio worker (``asyncio.to_thread``, an executor,
+    a thread of the app's) is delivered on the app's loop, where loop-bound resources (an
+    ``asyncio.Queue`` made there, a connection pool) work, and before the request ends."""
+    seen: list[tuple[str, int, asyncio.AbstractEventLoop]] = []
+    run = in_a_thread_of(how)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    class Queued:  # nothing async pending when the thread writes: no chain to follow
+        async def attribute_added(self, event: HttpSessionBindingEvent) -> None:
+            seen.append((event.name, threading.get_ident(), asyncio.get_running_loop()))
+            await queue.put(event.name)  # bound to the app's loop
+
+    async def write(request: Request) -> Response:
+        session = get_session(request)
+        assert session is not None
+        await run(session.set_attribute, "cart", ["apple"])
+        return Response("ok")
+
+    app = Starlette(routes=[Route("/write", write)])
+    app.add_middleware(Sessions, secret_key=SECRET, manager=SessionManager(listeners=[Queued()]))
+    async with client(app) as http:
+        assert (await http.get("/write")).text == "ok"
+        assert seen == [("cart", threading.get_ident(), asyncio.get_running_loop())]
+    assert queue.get_nowait() == "cart"  # delivered before the request ended
+
+
+@stores("memory", "sqlite", "redis")
+async def test_invalidate_from_asyncio_to_thread_ends_the_session_on_any_store(
+    store_factory: StoreFactory,
+) -> None:
+    """``invalidate()`` through ``asyncio.to_thread``: on a shared store the claim that ends the
+    session runs on the app's loop (its connections belong there), ``session_destroyed`` fires
+    once, readable and on that loop, and the session is gone for the next request."""
+    listener = Logout()
+
+    async def logout(request: Request) -> Response:
+        session = get_session(request)
+        assert session is not None
+        await asyncio.to_thread(session.invalidate)
+        return Response("bye")
+
+    routes = [Route("/login", log_in_route), Route("/logout", logout), Route("/who", who_route)]
+    app = Starlette(routes=routes)
+    manager = SessionManager(store_factory(), listeners=[listener])
+    app.add_middleware(Sessions, secret_key=SECRET, manager=manager)
+    async with client(app) as http:
+        for _ in range(2):
+            http.cookies.clear()
+            await http.get("/login")
+            assert (await http.get("/logout")).text == "bye"
+            assert (await http.get("/who")).text == "nobody"
+    await manager.close()
+    loop = asyncio.get_running_loop()
+    assert listener.seen == 2 * [("destroyed", "ada", loop), ("removed", "user", None)]

@@ -932,6 +932,28 @@ async def test_a_saved_time_a_little_ahead_of_the_clock_is_accepted(
         assert list(manager.in_process) == [session_id]
 
 
+async def test_a_session_whose_clock_stepped_back_while_it_lived_survives_a_restart(
+    sessions_file: Path, clock: FakeClock
+) -> None:
+    """A request that joins after the wall clock was stepped back (NTP) records an access time a
+    little before the creation time: the library wrote it, so the restore takes it back."""
+    async with SessionManager(MemoryStore(persist_to=sessions_file), clock=clock) as manager:
+        session = manager.create_session()
+        session["n"] = 1
+        await manager.release(session)
+        clock.advance(-0.001)
+        joined = await manager.find(session.id)
+        assert joined is not None
+        assert joined._this_accessed_time < joined.creation_time
+        await manager.release(joined)
+    clock.advance(10)
+    async with SessionManager(MemoryStore(persist_to=sessions_file), clock=clock) as manager:
+        found = await manager.find(session.id)
+        assert found is not None
+        assert found["n"] == 1
+        await manager.release(found)
+
+
 async def test_a_record_that_fails_unexpectedly_costs_only_itself(
     new_app: Factory,
     sessions_file: Path,

@@ -180,6 +180,27 @@ def test_a_subclass_of_a_subclass_is_refused_with_the_message_too() -> None:
         pass
 
 
+def test_a_subclass_hook_that_skips_super_keeps_the_plain_error_below_it() -> None:
+    """A subclass's own ``__init_subclass__`` that forgets ``super()`` leaves the constructors of
+    its subclasses undecorated: the instance must then not be replaced under their code (which
+    would fail with an ``AttributeError`` instead of the message)."""
+    after_super: list[object] = []
+
+    class Registry(SessionMiddleware):
+        def __init_subclass__(cls, **kwargs: object) -> None:  # a plugin hook, no super()
+            pass
+
+    class Mine(Registry):
+        def __init__(self, app: Starlette, **options: object) -> None:
+            super().__init__(app, **options)  # type: ignore[arg-type]
+            after_super.append(self.manager.settings)
+
+    app = app_with(Mine, secret_key=SHORT)
+    with pytest.raises(ConfigurationError, match=r"^secret_key: a key"), TestClient(app):
+        pytest.fail("the app must not start")
+    assert after_super == []
+
+
 def test_a_compat_middleware_error_names_the_compat_middleware() -> None:
     app = app_with(FastSessionMiddleware, secret_key=SECRET, manager=SessionManager(), max_age=60)
     with pytest.raises(ConfigurationError) as refused, TestClient(app):
