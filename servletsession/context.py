@@ -66,6 +66,20 @@ class RequestSession(MutableMapping[str, Any]):
             elif visit.ended_found:
                 self.found = True  # it expired as we looked: the cookie is deleted
 
+    def load_now(self) -> bool:
+        """`load` without awaiting, when the manager can join the session at once (a live object
+        found in good time); ``False``, having done nothing, when `load` must run."""
+        assert self.requested_id is not None
+        visit = Visit()
+        session = self._manager.join_now(self.requested_id, visit)
+        if session is False:
+            return False
+        if session is not None:
+            self._session = session
+            self.found = True
+            self.visits.append(visit)
+        return True
+
     @property
     def session(self) -> HttpSession | None:
         """The request's session, valid or not, without counting as a look."""
@@ -153,6 +167,12 @@ class RequestSession(MutableMapping[str, Any]):
         for visit in self.visits:
             await self._manager.release_lock(visit)
 
+    def finish_now(self) -> bool:
+        """`finish` without awaiting, when the request's one session can be let go of at once;
+        ``False``, having done nothing, when `finish` must run."""
+        visits = self.visits
+        return len(visits) == 1 and self._manager.release_now(visits[0])
+
     async def finish(self) -> None:
         first_error: BaseException | None = None
         for visit in self.visits:
@@ -221,7 +241,11 @@ def get_session(
     With ``create=True`` a new session is made when the request has none; it raises
     [`IllegalStateError`][servletsession.IllegalStateError] if the response has already started.
     """
-    return _request_session(connection).get_session(create)
+    scope = getattr(connection, "scope", connection)  # `_request_session`, spelt out: the one
+    context = scope.get(SCOPE_KEY)  # request function every route calls
+    if not isinstance(context, RequestSession):
+        context = _request_session(connection)  # raises the error that explains
+    return context.get_session(create)
 
 
 def change_session_id(connection: HTTPConnection | MutableMapping[str, Any]) -> str:

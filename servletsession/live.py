@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from . import restart
 from .listeners import settle
@@ -31,6 +31,7 @@ class LiveSessions:
 
     def __init__(self, store: MemoryStore, host: SessionHost) -> None:
         self._store = store
+        self._held = store.sessions  # the store's map of sessions by ID (looked up per request)
         self._host = host
         self._unstarted = store.file is not None  # warn once if sessions come before a start
 
@@ -59,18 +60,23 @@ class LiveSessions:
         return self._store.sessions
 
     async def join(self, session_id: str, visit: Visit) -> HttpSession | None:
-        session = self._store.get(session_id)
+        session = self.join_now(session_id, visit)
+        if session is not False:
+            return session
+        session = self._store.sessions[session_id]
+        visit.ended_found = True
+        session._expire("expired")  # found expired: ended then and there
+        await settle(session)
+        return None
+
+    def join_now(self, session_id: str, visit: Visit) -> HttpSession | Literal[False] | None:
+        """`join` when there is nothing to wait for (the common case): the session, joined, or
+        ``None``; ``False``, having done nothing, for a session found due, which `join` ends."""
+        session = self._held.get(session_id)
         if session is None:
             return None
-        now = self._host.clock()
-        if session._absolute_deadline() <= now or (
-            session._in_flight == 0 and session._expires_at() <= now
-        ):
-            visit.ended_found = True
-            session._expire("expired")  # found expired: ended then and there
-            await settle(session)
-            return None
-        session._begin_access(now)
+        if not session._join(self._host.clock()):
+            return False
         visit.session = session
         return session
 
@@ -97,9 +103,17 @@ class LiveSessions:
             if session._listener_tail is not None:
                 await settle(session)
         finally:
-            session._end_access(self._host.clock())
-            session._changed_names = None
-            session._read_names = None
+            session._leave(self._host.clock())
+
+    def release_now(self, visit: Visit) -> bool:
+        """`release` when no async event of the session is pending (nothing to wait for);
+        ``False``, having done nothing, otherwise."""
+        session = visit.session
+        assert session is not None
+        if session._listener_tail is not None:
+            return False
+        session._leave(self._host.clock())
+        return True
 
     async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:
         """Nothing to release: one process, one live object."""

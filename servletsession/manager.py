@@ -90,9 +90,13 @@ class SessionManager(Running):
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.store.allow_models(models)
         checks = type(self.store).check_value is not SessionStore.check_value
-        self._value_check = self.store.check_value if checks else None
+        #: `SessionOwner.value_check` and `SessionOwner.listeners`: plain attributes, read on
+        #: every ``set_attribute``.
+        self.value_check: Callable[[str, Any], None] | None = (
+            self.store.check_value if checks else None
+        )
         self.clock = clock
-        self._listeners = ListenerRegistry(listeners)
+        self._listeners = self.listeners = ListenerRegistry(listeners)
         self._counter = StatsCounter()
         self._sessions: Sessions
         if isinstance(self.store, MemoryStore):
@@ -104,8 +108,26 @@ class SessionManager(Running):
                 f"{type(self.store).__name__} is neither a MemoryStore nor a SharedStore"
             )
         self.shared = isinstance(self._sessions, SharedSessions)
+        self._held = self._sessions.in_process  # the strategy's own dict, for the hot paths
         self._track_reads = self.settings.save_mode == "on_get"
         self._limits = SessionLimits(self)
+        live = self._sessions if isinstance(self._sessions, LiveSessions) else None
+        #: `join_now` and `release_now`: the live strategy's own, when a request may join or let
+        #: go of its session without awaiting anything (live objects, no limit to apply on the
+        #: way); else say so at once. Chosen here once: every request calls them.
+        self.join_now: Callable[[str, Visit], HttpSession | Literal[False] | None] = (
+            live.join_now if live is not None and not self._limits.snapshots else _cannot_join_now
+        )
+        self.release_now: Callable[[Visit], bool] = (
+            live.release_now
+            if live is not None and not self._limits.enforcing
+            else _cannot_release_now
+        )
+        #: ``max_active_sessions`` under "reject": checked as each session is created.
+        self._create_limited = (
+            self.settings.max_active_sessions is not None
+            and self.settings.max_active_policy == "reject"
+        )
         self._sockets = SessionSockets()
         self._principals = Principals(self.store, self._sessions, self.clock, self.end)
         grace = self.settings.shutdown_timeout
@@ -127,20 +149,12 @@ class SessionManager(Running):
     def owner(self) -> SessionOwner:
         return self
 
-    @property
-    def listeners(self) -> ListenerRegistry:
-        return self._listeners
-
     def add_listener(self, listener: object) -> None:
         """Register a listener implementing any of the listener protocols' methods."""
         self._listeners.add(listener)
 
     def remove_listener(self, listener: object) -> None:
         self._listeners.remove(listener)
-
-    @property
-    def value_check(self) -> Callable[[str, Any], None] | None:
-        return self._value_check
 
     def expiry_changed(self, session: HttpSession) -> None:
         if isinstance(self.store, MemoryStore):
@@ -171,9 +185,11 @@ class SessionManager(Running):
         is reached.
         """
         settings = self.settings
-        self._limits.check_create()
+        if self._create_limited:
+            self._limits.check_create()
+        held = self._held
         session_id = new_session_id()
-        while session_id in self._sessions.in_process:  # 256 random bits: never, but cheap
+        while session_id in held:  # 256 random bits: never, but cheap
             session_id = new_session_id()
         session = HttpSession(
             self,
@@ -183,17 +199,20 @@ class SessionManager(Running):
             absolute_timeout=settings.absolute_timeout,
         )
         session._in_flight = 1
-        session._track_reads = self._track_reads
+        if self._track_reads:
+            session._track_reads = True
         if visit is None:
             visit = Visit()
             self._direct.setdefault(session, []).append(visit)
-        visit.session, visit.created = session, True
+        visit.session = session
+        visit.created = True
         self._sessions.created(session, visit)
-        self._limits.created()
         counter = self._counter
         counter.created += 1
-        if not self.shared:  # exact here; a shared store's peak is taken when it is counted
-            counter.max_active = max(counter.max_active, self._limits.active)
+        if self.shared:  # a shared store's peak is taken when it is counted
+            self._limits.created()
+        elif len(held) > counter.max_active:  # a live store's is exact
+            counter.max_active = len(held)
         created = self._listeners.session_created
         if created:
             deliver(session, created, HttpSessionEvent(session))
@@ -405,3 +424,13 @@ class SessionManager(Running):
             f"<SessionManager store={type(self.store).__name__} "
             f"in_process={len(self._sessions.in_process)}>"
         )
+
+
+def _cannot_join_now(session_id: str, visit: Visit) -> Literal[False]:
+    """`SessionManager.join_now` where every join must be awaited (`SessionManager.join`)."""
+    return False
+
+
+def _cannot_release_now(visit: Visit) -> bool:
+    """`SessionManager.release_now` where every release must be awaited."""
+    return False

@@ -10,6 +10,7 @@ events and saving what changed — after the response is finished.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import CancelScope
@@ -118,6 +119,8 @@ class SessionMiddleware:
         self.app = app
         self.manager = manager
         self._limited = manager.settings.max_active_sessions is not None
+        self._shared = manager.shared  # a store written as responses start and end
+        self._reaper_unasked = True
         self.settings = settings
         self._cookies = CookieCodec(
             secret_keys=settings.secret_keys(),
@@ -146,15 +149,16 @@ class SessionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
         if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-
         manager = self.manager
-        manager.start_reaper_lazily()
+        if self._reaper_unasked:  # after the first request it is running, or stopped on purpose
+            self._reaper_unasked = False
+            manager.start_reaper_lazily()
         if self._by_header:
             session_id, outcome, by_header = self._transport.read_header(scope["headers"])
         else:
@@ -162,106 +166,53 @@ class SessionMiddleware:
             by_header = False
         if session_id is None and outcome != "absent":
             manager.cookie_rejected(outcome, scope)
-        context = RequestSession(manager, session_id, by_header)
-        if manager.shared:  # what this request changes, to take back if it is answered 503
-            context.journal = {}
+        exchange = _Exchange(manager, session_id, by_header)
+        exchange.middleware = self
+        exchange.downstream = send
+        exchange.phase = _BEFORE_START
+        exchange.websocket = kind == "websocket"
+        exchange.socket = None
+        if self._shared:  # what this request changes, to take back if it is answered 503
+            exchange.journal = {}
+        if session_id is not None or self._limited:
+            try:
+                if self._limited:
+                    await manager.before_request()
+                if session_id is not None:
+                    if not exchange.load_now():
+                        await exchange.load()
+                    if exchange.session is None:
+                        manager.cookie_rejected("unknown_id", scope)
+            except StoreUnavailableError as exc:
+                await self._unavailable(scope, send, exc)
+                return
+        scope["session"] = exchange
+        scope[SCOPE_KEY] = exchange
+        journal_token = None if exchange.journal is None else change_journal.set(exchange.journal)
         try:
-            if self._limited:
-                await manager.before_request()
-            if session_id is not None:
-                await context.load()
-                if context.session is None:
-                    manager.cookie_rejected("unknown_id", scope)
-        except StoreUnavailableError as exc:
-            await self._unavailable(scope, send, exc)
-            return
-        scope["session"] = context
-        scope[SCOPE_KEY] = context
-        saves = manager.shared
-        refused = False
-        socket: SessionWebSocket | None = None
-
-        async def refuse(reason: str, retry_after: int) -> None:
-            nonlocal refused
-            refused = True
-            context.refuse()
-            await _send_unavailable(scope, send, retry_after, reason)
-
-        async def send_with_session(message: Message) -> None:
-            nonlocal socket
-            kind = message["type"]
-            if refused or (socket is not None and socket.closed):
-                return  # a 503, or a close because the session ended, went out instead
-            if kind in _START and not context.started:
-                context.started = True
-                if context.refused is not None:  # the app turned the refusal into a response
-                    logger.warning("%s", context.refused)
-                    await refuse("session limit reached", context.refused.retry_after)
-                    return
-                if not context.visits and not context.consulted and not context.found:
-                    await send(message)  # the app never looked at sessions: nothing to add
-                    return
-                if context.visits and manager.flushes:
-                    try:
-                        await context.flush()
-                    except StoreUnavailableError as exc:
-                        self._log_unavailable(exc)
-                        await refuse("session store unavailable", self._retry_after)
-                        return
-                    except SessionLimitError as exc:
-                        logger.warning("%s", exc)
-                        await refuse("session limit reached", exc.retry_after)
-                        return
-                    except Exception as exc:  # a store that answers wrongly: not retried
-                        context.refuse()
-                        logger.error("session store failed while saving: %s", describe(exc))
-                        raise
-                self._transport.add_headers(message, context, manager.clock)
-                if kind == "websocket.accept":
-                    await context.release_locks()  # a websocket takes part in its handshake only
-                    session = context.get_session(create=False)
-                    if session is not None:
-                        await send(message)
-                        socket = manager.websocket_opened(session, send)
-                        return
-            elif (
-                saves
-                and kind == "http.response.body"
-                and not message.get("more_body")
-                and context.visits
-            ):
-                try:
-                    await context.flush()  # what changed while the body streamed
-                except StoreUnavailableError:
-                    # Too late for a 503: cut the response short rather than end it cleanly
-                    # over changes that were not saved.
-                    logger.error("session store unavailable at the end of a streamed response; "
-                                 "closing the connection without its last chunk")  # fmt: skip
-                    raise
-            await send(message)
-
-        journal = context.journal
-        journal_token = change_journal.set(journal) if journal is not None else None
-        try:
-            await self.app(scope, receive, send_with_session)
+            await self.app(scope, receive, exchange.send)
         except SessionLimitError as exc:
-            if not context.started:
+            if not exchange.started:
                 logger.warning("%s", exc)
-                await refuse("session limit reached", exc.retry_after)
-            elif not refused:
+                await exchange.answer_503("session limit reached", exc.retry_after)
+            elif exchange.phase != _DROPPING:
                 raise
         finally:
+            # The scope holds the exchange and the server's send may hold the scope: let go of
+            # the send, so that the request's objects are freed as it ends, not by the garbage
+            # collector.
+            exchange.downstream = _sent
             if journal_token is not None:
                 change_journal.reset(journal_token)
-            if socket is not None:
-                await socket.stop()
-            if context.visits:
+            if exchange.socket is not None:
+                await exchange.socket.stop()
+            if exchange.visits and not exchange.finish_now():
                 try:
-                    if saves:  # store calls: let a cancelled request still write and unlock
+                    if self._shared:  # store calls: let a cancelled request still write and unlock
                         with CancelScope(shield=True):
-                            await context.finish()
+                            await exchange.finish()
                     else:
-                        await context.finish()
+                        await exchange.finish()
                 except StoreUnavailableError as exc:
                     logger.error("session store unavailable while finishing a request: %s", exc)
 
@@ -274,7 +225,9 @@ class SessionMiddleware:
 
     async def _unavailable(self, scope: Scope, send: Send, exc: StoreUnavailableError) -> None:
         self._log_unavailable(exc)
-        await _send_unavailable(scope, send, self._retry_after, "session store unavailable")
+        await _send_unavailable(
+            scope["type"] == "websocket", send, self._retry_after, "session store unavailable"
+        )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the manager (restoring saved sessions) before the app's startup handlers run;
@@ -296,8 +249,137 @@ class SessionMiddleware:
         await self.app(scope, receive_and_start, send_and_stop)
 
 
-async def _send_unavailable(scope: Scope, send: Send, retry_after: int, reason: str) -> None:
-    if scope["type"] == "websocket":
+# What an exchange's ``send`` does with the app's next message (`_Exchange.phase`).
+_BEFORE_START = 0  # look for the response start (or websocket accept): headers to add
+_PASSING = 1  # hand it on
+_SAVING_AT_END = 2  # hand it on; the body's last part first saves what changed (shared store)
+_SOCKET = 3  # an accepted websocket tied to its session: drop it once the session closed it
+_DROPPING = 4  # a 503 (or a websocket close) went out instead of the app's response: drop it
+
+
+class _Exchange(RequestSession):
+    """One request as the middleware sees it: its sessions (`RequestSession`, which route code
+    reaches through the scope) and the response going out, whose start gets the ID's headers.
+
+    ``send`` is what the app is given as its ASGI ``send``: a bound method, not a closure made
+    per request, and a plain function that returns the awaitable to await — the server's own
+    ``send(message)`` whenever there is nothing of ours to wait for (always, but for shared
+    stores' saves and websocket handshakes), so a message passes through no coroutine of ours.
+    What it does is decided once per phase (``phase``), not tested again per message. The
+    middleware sets the fields below before the app runs.
+    """
+
+    __slots__ = ("downstream", "middleware", "phase", "socket", "websocket")
+
+    middleware: SessionMiddleware
+    downstream: Send  # the server's send
+    phase: int  # see _BEFORE_START and the others above
+    websocket: bool  # a websocket's handshake, not an HTTP request
+    socket: SessionWebSocket | None  # an accepted websocket tied to the session
+
+    async def answer_503(self, reason: str, retry_after: int) -> None:
+        self.phase = _DROPPING
+        self.refuse()
+        await _send_unavailable(self.websocket, self.downstream, retry_after, reason)
+
+    def send(self, message: Message) -> Awaitable[None]:
+        phase = self.phase
+        if phase == _PASSING:
+            return self.downstream(message)
+        if phase == _BEFORE_START:
+            return self._start(message)
+        if phase == _SAVING_AT_END:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                return self._save_and_end(message)  # what changed while the body streamed
+            return self.downstream(message)
+        if phase == _SOCKET and not (self.socket is not None and self.socket.closed):
+            return self.downstream(message)
+        return _sent  # a 503, or a close because the session ended, went out instead
+
+    def _start(self, message: Message) -> Awaitable[None]:
+        kind = message["type"]
+        if kind not in _START:
+            return self.downstream(message)
+        self.started = True
+        self.phase = _PASSING
+        if self.refused is not None:  # the app turned the refusal into a response
+            logger.warning("%s", self.refused)
+            return self.answer_503("session limit reached", self.refused.retry_after)
+        middleware = self.middleware
+        if not self.visits:
+            if not self.consulted and not self.found:
+                return self.downstream(message)  # the app never looked at sessions: nothing to do
+        elif middleware.manager.flushes:
+            if middleware._shared and kind == "http.response.start":
+                self.phase = _SAVING_AT_END
+            return self._save_and_start(message)
+        middleware._transport.add_headers(message, self, middleware.manager.clock)
+        if kind == "websocket.accept":
+            return self._accept(message)
+        return self.downstream(message)
+
+    async def _save_and_start(self, message: Message) -> None:
+        """A store written as the response starts: save first, then start it — or answer 503,
+        having written nothing, when the store cannot take it."""
+        middleware = self.middleware
+        try:
+            await self.flush()
+        except StoreUnavailableError as exc:
+            middleware._log_unavailable(exc)
+            await self.answer_503("session store unavailable", middleware._retry_after)
+            return
+        except SessionLimitError as exc:
+            logger.warning("%s", exc)
+            await self.answer_503("session limit reached", exc.retry_after)
+            return
+        except Exception as exc:  # a store that answers wrongly: not retried
+            self.refuse()
+            logger.error("session store failed while saving: %s", describe(exc))
+            raise
+        middleware._transport.add_headers(message, self, middleware.manager.clock)
+        if message["type"] == "websocket.accept":
+            await self._accept(message)
+        else:
+            await self.downstream(message)
+
+    async def _accept(self, message: Message) -> None:
+        await self.release_locks()  # a websocket takes part in its handshake only
+        session = self.get_session(create=False)
+        await self.downstream(message)
+        if session is not None:
+            self.socket = self.middleware.manager.websocket_opened(session, self.downstream)
+            self.phase = _SOCKET
+
+    async def _save_and_end(self, message: Message) -> None:
+        try:
+            await self.flush()
+        except StoreUnavailableError:
+            # Too late for a 503: cut the response short rather than end it cleanly over
+            # changes that were not saved.
+            logger.error("session store unavailable at the end of a streamed response; "
+                         "closing the connection without its last chunk")  # fmt: skip
+            raise
+        await self.downstream(message)
+
+
+class _Sent:
+    """An awaitable that is done at once: what ``send`` returns for a message it drops."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+    def __call__(self, message: Message) -> _Sent:  # a send that was let go of
+        return self
+
+
+_sent = _Sent()
+
+
+async def _send_unavailable(websocket: bool, send: Send, retry_after: int, reason: str) -> None:
+    if websocket:
         await send({"type": "websocket.close", "code": 1013, "reason": reason})
         return
     body = f"Service unavailable: {reason}; retry later.\n".encode()

@@ -49,30 +49,23 @@ class Snapshot(NamedTuple):
 
 
 class Visit:
-    """One request's (or websocket's) use of one session: what it must give back when done."""
+    """One request's (or websocket's) use of one session: what it must give back when done.
 
-    __slots__ = (
-        "created",
-        "ended_found",
-        "journal",
-        "lock_token",
-        "queued_id",
-        "refused",
-        "session",
-        "snapshot",
-    )
+    Every request that uses a session makes one, so its fields are class-level defaults that an
+    instance overrides only where it differs (no ``__slots__``: a visit is short-lived, and
+    building it sets nothing).
+    """
 
-    def __init__(self) -> None:
-        self.session: HttpSession | None = None
-        self.created = False  # the request made the session
-        self.ended_found = False  # it found its session past its deadline and ended it
-        #: The request's change journal (``session.change_journal``), on shared stores.
-        self.journal: dict[int, dict[str, Any]] | None = None
-        self.lock_token: str | None = None  # locking="session": this request's own lock
-        self.queued_id: str | None = None  # ...and its place in this process's queue
-        self.refused = False  # answered 503: nothing of this request is written
-        #: The session as the request found it, for undoing a refused request.
-        self.snapshot: Snapshot | None = None
+    session: HttpSession | None = None
+    created = False  # the request made the session
+    ended_found = False  # it found its session past its deadline and ended it
+    #: The request's change journal (``session.change_journal``), on shared stores.
+    journal: dict[int, dict[str, Any]] | None = None
+    lock_token: str | None = None  # locking="session": this request's own lock
+    queued_id: str | None = None  # ...and its place in this process's queue
+    refused = False  # answered 503: nothing of this request is written
+    #: The session as the request found it, for undoing a refused request.
+    snapshot: Snapshot | None = None
 
 
 class Sessions(Protocol):

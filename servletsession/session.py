@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from asyncio import _get_running_loop
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,18 @@ from .listeners import (
     deliver,
     deliver_to_value,
     delivering_for,
-    running_loop,
 )
 from .owner import SessionOwner
 
 if TYPE_CHECKING:
     from .accessor import SessionAccessor
+
+
+#: Types whose instances cannot have a ``value_bound`` or ``value_unbound`` (built-ins, which take
+#: no attributes): a value of one of these exact types is not asked (a failed ``hasattr`` is slow).
+_UNBINDABLE = frozenset(
+    {int, float, str, bytes, bool, list, dict, tuple, set, frozenset, type(None)}
+)
 
 
 def _is_storable_principal(principal: object) -> bool:
@@ -80,6 +87,39 @@ class HttpSession(MutableMapping[str, Any]):
         "_valid",
     )
 
+    _owner: SessionOwner
+    _id: str
+    _creation_time: float
+    _last_accessed_time: float  # the start of the previous request (getLastAccessedTime)
+    _this_accessed_time: float  # the start of the request now using it
+    _idle_since: float  # when the idle clock last restarted (a request began or ended)
+    _max_inactive_interval: int
+    _absolute_timeout: float | None
+    _attributes: dict[str, Any]
+    _is_new: bool
+    _stored: bool  # the store holds it (a new session is stored as its response starts)
+    _valid: bool
+    _expiring: bool  # being destroyed: its own listeners may still read it
+    _timeouts_changed: bool  # max_inactive_interval or absolute_timeout set since the save
+    _principal_changed: bool
+    _detached: bool  # ended elsewhere: this copy is never written back
+    _track_reads: bool  # save_mode "on_get": attributes read are written back too
+    _in_flight: int  # requests (and accesses) using it now
+    #: Shared stores, in tickets (one order per process): when the state this copy holds was
+    #: read or last written, when its last write started, and how many writes are under way.
+    _snapshot: int
+    _save_started: int
+    _saving: int
+    _listener_tail: asyncio.Task[None] | None  # the last of its pending async events
+    _changed_names: set[str] | None
+    _read_names: set[str] | None
+    _unsaved: Unsaved | None  # shared stores: who changed what since the save
+    _previous_id: str | None
+    _principal: str | None
+    _expiry_mark: float | None  # private to the store's expiry index
+    _stored_expires: float  # the store's deadline as last seen (shared stores)
+    _loop: asyncio.AbstractEventLoop | None  # the app's: listeners.chain hands it others' events
+
     def __init__(
         self,
         owner: SessionOwner,
@@ -95,35 +135,26 @@ class HttpSession(MutableMapping[str, Any]):
         self._owner = owner
         self._id = session_id
         self._creation_time = creation_time
-        self._last_accessed_time = (
-            creation_time if last_accessed_time is None else last_accessed_time
-        )
-        self._this_accessed_time = self._last_accessed_time
-        self._idle_since = self._last_accessed_time
+        if last_accessed_time is None:
+            last_accessed_time = creation_time
+        self._last_accessed_time = self._this_accessed_time = self._idle_since = last_accessed_time
         self._max_inactive_interval = max_inactive_interval
         self._absolute_timeout = absolute_timeout
-        self._attributes: dict[str, Any] = {} if attributes is None else attributes
+        self._attributes = {} if attributes is None else attributes
         self._is_new = is_new
-        self._valid = True
-        self._expiring = False
-        self._in_flight = 0
-        self._listener_tail: asyncio.Task[None] | None = None
-        self._loop = running_loop()  # the app's: listeners.chain hands it other threads' events
-        self._changed_names: set[str] | None = None
-        self._unsaved: Unsaved | None = None  # shared stores: who changed what since the save
-        self._track_reads = False  # save_mode "on_get": attributes read are written back too
-        self._read_names: set[str] | None = None
-        self._timeouts_changed = False
         self._stored = not is_new
-        self._stored_expires = math.inf  # the store's deadline as last seen (shared stores)
-        self._detached = False  # ended elsewhere: this copy is never written back
-        # Shared stores, in tickets (one order per process): when the state this copy holds was
-        # read or last written, when its last write started, and how many writes are under way.
-        self._snapshot = self._save_started = self._saving = 0
-        self._previous_id: str | None = None
-        self._principal: str | None = None
-        self._principal_changed = False
-        self._expiry_mark: float | None = None  # private to the store's expiry index
+        self._valid = True
+        # The rest start alike (see the class's annotations): one chained assignment each, as a
+        # session is built on every request that creates one.
+        self._expiring = self._timeouts_changed = self._principal_changed = self._detached = (
+            self._track_reads
+        ) = False
+        self._in_flight = self._snapshot = self._save_started = self._saving = 0
+        self._listener_tail = self._changed_names = self._read_names = self._unsaved = (
+            self._previous_id
+        ) = self._principal = self._expiry_mark = None
+        self._stored_expires = math.inf
+        self._loop = _get_running_loop()
 
     # --- identity and timestamps -------------------------------------------------------------
 
@@ -254,6 +285,10 @@ class HttpSession(MutableMapping[str, Any]):
         self._set(name, value)
 
     def _set(self, name: str, value: Any) -> None:
+        """``set_attribute`` for a value that is not ``None``; also ``session[name] = value``
+        (dict semantics: ``None`` is stored, only ``set_attribute`` removes)."""
+        if not self._valid:
+            self._check_valid()
         if type(name) is not str:
             raise TypeError(f"attribute names are str, got {type(name).__name__}")
         owner = self._owner
@@ -262,18 +297,22 @@ class HttpSession(MutableMapping[str, Any]):
             check(name, value)
         attributes = self._attributes
         old = attributes.get(name, _ABSENT)
-        if old is not value and hasattr(value, "value_bound"):
+        if old is not value and type(value) not in _UNBINDABLE and hasattr(value, "value_bound"):
             deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
         if (journal := change_journal.get()) is not None or self._unsaved is not None:
             track_change(self, journal, name, old, value)
         attributes[name] = value
-        self._mark_changed(name)
+        changed = self._changed_names
+        if changed is None:
+            self._changed_names = {name}
+        else:
+            changed.add(name)
         if old is _ABSENT:
             added = owner.listeners.attribute_added
             if added:
                 deliver(self, added, HttpSessionBindingEvent(self, name, value))
             return
-        if old is not value and hasattr(old, "value_unbound"):
+        if old is not value and type(old) not in _UNBINDABLE and hasattr(old, "value_unbound"):
             deliver_to_value(self, old, "value_unbound", HttpSessionBindingEvent(self, name, old))
         replaced = owner.listeners.attribute_replaced
         if replaced:
@@ -382,19 +421,45 @@ class HttpSession(MutableMapping[str, Any]):
         self._idle_since = now
         self._is_new = False
         self._in_flight += 1
-        self._loop = running_loop() or self._loop  # joined on the app's loop (a new one, maybe)
+        self._loop = _get_running_loop() or self._loop  # joined on the app's (new, maybe) loop
 
     def _end_access(self, now: float) -> None:
         """A request that joined the session finished: the idle clock restarts now."""
         self._in_flight -= 1
         self._idle_since = now
 
+    def _join(self, now: float) -> bool:
+        """A live session's lookup by a request: `_begin_access` unless the session is due
+        (`_due`: ``False``, nothing done, and the caller ends it). One call on every request."""
+        absolute = self._absolute_timeout
+        if absolute is not None and self._creation_time + absolute <= now:
+            return False
+        idle = self._max_inactive_interval
+        in_flight = self._in_flight
+        if in_flight == 0 and idle > 0 and self._idle_since + idle <= now:
+            return False
+        self._last_accessed_time = self._this_accessed_time
+        self._this_accessed_time = self._idle_since = now
+        self._is_new = False
+        self._in_flight = in_flight + 1
+        self._loop = _get_running_loop() or self._loop
+        return True
+
+    def _leave(self, now: float) -> None:
+        """A live session's request is done: `_end_access`, and what it changed or read is no
+        longer anybody's to write (the store holds the object itself)."""
+        self._in_flight -= 1
+        self._idle_since = now
+        self._changed_names = self._read_names = None
+
     def _expires_at(self) -> float:
         """When the session times out if nothing touches it (``math.inf``: never)."""
-        deadline = math.inf
-        if self._max_inactive_interval > 0:
-            deadline = self._idle_since + self._max_inactive_interval
-        return min(deadline, self._absolute_deadline())
+        idle = self._max_inactive_interval
+        deadline = self._idle_since + idle if idle > 0 else math.inf
+        absolute = self._absolute_timeout
+        if absolute is not None and self._creation_time + absolute < deadline:
+            return self._creation_time + absolute
+        return deadline
 
     def _absolute_deadline(self) -> float:
         """When the session ends however busy it is (``math.inf``: no absolute timeout)."""
@@ -413,11 +478,7 @@ class HttpSession(MutableMapping[str, Any]):
             self._mark_read(name)
         return self._attributes[name]
 
-    def __setitem__(self, name: str, value: Any) -> None:
-        # Dict semantics: ``session[k] = None`` stores None (only set_attribute removes).
-        if not self._valid:
-            self._check_valid()
-        self._set(name, value)
+    __setitem__ = _set
 
     def __delitem__(self, name: str) -> None:
         self._check_valid()

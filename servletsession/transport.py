@@ -92,6 +92,7 @@ class SessionIdTransport:
         "_header_key",
         "_rolling",
         "_vary",
+        "_vary_entry",
         "_vary_value",
         "by_header",
     )
@@ -116,6 +117,7 @@ class SessionIdTransport:
             vary.append((b"cookie", b"Cookie"))
         self._vary = tuple(vary)
         self._vary_value = b", ".join(display for _, display in vary)
+        self._vary_entry = (b"vary", self._vary_value)
         self._rolling = RollingThrottle(roll_every) if roll_every is not None else None
 
     @property
@@ -173,8 +175,24 @@ class SessionIdTransport:
                     rolling.forget(requested)
                 if outgoing:
                     rolling.sent(outgoing, clock())
-        headers = list(message.get("headers", ()))
+        app_headers = message.get("headers", ())
+        if not by_header and message["type"] == "http.response.start":
+            for name, _ in app_headers:
+                lowered = name.lower()
+                if lowered == b"vary" or lowered == b"cache-control":
+                    break
+            else:  # The common response: the app said nothing of caching. Add the precomputed
+                # headers in one new list (the app's own may be a Response's raw_headers).
+                if outgoing is None:
+                    message["headers"] = [*app_headers, self._vary_entry]
+                else:
+                    codec = self._codec
+                    cookie = codec.set_cookie(outgoing) if outgoing else codec.deletion()
+                    message["headers"] = [*app_headers, self._vary_entry,
+                                          (b"set-cookie", cookie), _PRIVATE]  # fmt: skip
+                return
         socket = message["type"] == "websocket.accept"  # no caches, no Vary on a handshake
+        headers = list(app_headers)
         if not socket:
             self._add_vary(headers)
         if outgoing is not None:
@@ -202,6 +220,9 @@ class SessionIdTransport:
                     headers[index] = (name, b", ".join([value, *missing]))
                 return
         headers.append((b"vary", self._vary_value))
+
+
+_PRIVATE = (b"cache-control", b"private")
 
 
 # Directives that let a cache keep a response, or say for how long: a response carrying the ID

@@ -230,11 +230,12 @@ def test_cookie_signatures_are_itsdangerous_signatures() -> None:
         assert ours.unsign(stock.sign(session_id)) == session_id.encode()
 
 
-def test_the_verified_cookie_caches_stay_bounded_and_drop_the_oldest_first(
+def test_the_verified_cookie_caches_stay_bounded_keep_the_newest_and_drop_the_oldest_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every new session's cookie is remembered; past the bound the oldest goes, in O(1) (a
-    plain dict's first key, after many deletions at its front, is found by scanning the holes)."""
+    """Every new session's cookie is remembered; the caches never hold more than the bound,
+    always hold the newest half of it, and drop the oldest first: a whole generation at a time,
+    so a new session pays no eviction."""
     from servletsession import cookies
 
     monkeypatch.setattr(cookies, "_VERIFIED_CACHE_SIZE", 100)
@@ -246,8 +247,10 @@ def test_the_verified_cookie_caches_stay_bounded_and_drop_the_oldest_first(
     values = [codec.set_cookie(session_id).split(b";")[0] for session_id in ids]
     for value in values:
         codec.read([(b"cookie", value)])
-    assert len(codec._verified) == 100
-    assert len(codec._verified_headers) == 100
-    kept = list(codec._verified.values())
-    assert kept == ids[-100:], "not the newest 100, oldest first"
+        assert len(codec._verified) <= 100
+        assert len(codec._verified_headers) <= 100
+    kept = codec._verified.values()
+    assert kept[-50:] == ids[-50:], "not the newest half, oldest first"
+    assert set(kept) <= set(ids[-100:]), "something older than the bound was kept"
+    assert len(codec._verified_headers) >= 50
     assert codec.read([(b"cookie", values[0])]) == (ids[0], "valid")  # verified again by HMAC

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ..session import HttpSession
 
+_NEVER = math.inf
 _RETRY_IN_FLIGHT = 1.0  # seconds before looking again at a due session a request is still using
 
 
@@ -71,7 +72,11 @@ class MemoryStore(SessionStore):
         """Hold a new session (or one whose ID changed) from now on. Its deadline is worked out
         first: if that fails, the store is left as it was (never a session held but unscheduled,
         which nothing would ever expire)."""
-        self._schedule(session)
+        deadline = session._expires_at()  # `_schedule`, spelt out: one call per new session
+        mark = session._expiry_mark
+        if deadline != _NEVER and (mark is None or deadline < mark):
+            session._expiry_mark = deadline
+            heapq.heappush(self._deadlines, (deadline, session._id))
         self._sessions[session._id] = session
         session._stored = True
         if session._principal is not None:
@@ -183,8 +188,9 @@ class MemoryStore(SessionStore):
         """Make sure an entry due no later than the session's deadline is in the heap."""
         deadline = session._expires_at()
         mark = session._expiry_mark
-        if deadline != math.inf and (mark is None or deadline < mark):
-            self._push(session, deadline)
+        if deadline != _NEVER and (mark is None or deadline < mark):
+            session._expiry_mark = deadline
+            heapq.heappush(self._deadlines, (deadline, session._id))
 
     def _push(self, session: HttpSession, deadline: float) -> None:
         session._expiry_mark = deadline
