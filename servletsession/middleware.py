@@ -10,7 +10,7 @@ events and saving what changed — after the response is finished.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import CancelScope
@@ -201,7 +201,7 @@ class SessionMiddleware:
             # The scope holds the exchange and the server's send may hold the scope: let go of
             # the send, so that the request's objects are freed as it ends, not by the garbage
             # collector.
-            exchange.downstream = _sent
+            exchange.downstream = _dropped
             if journal_token is not None:
                 change_journal.reset(journal_token)
             if exchange.socket is not None:
@@ -262,9 +262,10 @@ class _Exchange(RequestSession):
     reaches through the scope) and the response going out, whose start gets the ID's headers.
 
     ``send`` is what the app is given as its ASGI ``send``: a bound method, not a closure made
-    per request, and a plain function that returns the awaitable to await — the server's own
+    per request, and a plain function that returns the coroutine to await — the server's own
     ``send(message)`` whenever there is nothing of ours to wait for (always, but for shared
-    stores' saves and websocket handshakes), so a message passes through no coroutine of ours.
+    stores' saves, websocket handshakes and dropped messages), so a message passes through no
+    coroutine of ours.
     What it does is decided once per phase (``phase``), not tested again per message. The
     middleware sets the fields below before the app runs.
     """
@@ -294,7 +295,7 @@ class _Exchange(RequestSession):
             return self.downstream(message)
         if phase == _SOCKET and not (self.socket is not None and self.socket.closed):
             return self.downstream(message)
-        return _sent  # a 503, or a close because the session ended, went out instead
+        return _dropped(message)  # a 503, or a close as the session ended, went out instead
 
     def _start(self, message: Message) -> Awaitable[None]:
         kind = message["type"]
@@ -362,20 +363,9 @@ class _Exchange(RequestSession):
         await self.downstream(message)
 
 
-class _Sent:
-    """An awaitable that is done at once: what ``send`` returns for a message it drops."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield
-
-    def __call__(self, message: Message) -> _Sent:  # a send that was let go of
-        return self
-
-
-_sent = _Sent()
+async def _dropped(message: Message) -> None:
+    """What ``send`` does with a message that must not go out: nothing. A coroutine, as every
+    awaitable ``send`` returns is (``asyncio.create_task(send(...))`` takes only those)."""
 
 
 async def _send_unavailable(websocket: bool, send: Send, retry_after: int, reason: str) -> None:

@@ -176,6 +176,8 @@ class SessionIdTransport:
                 if outgoing:
                     rolling.sent(outgoing, clock())
         app_headers = message.get("headers", ())
+        if type(app_headers) is not list:  # any iterable (ASGI): read it once, keep it whole
+            app_headers = list(app_headers)
         if not by_header and message["type"] == "http.response.start":
             for name, _ in app_headers:
                 lowered = name.lower()

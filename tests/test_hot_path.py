@@ -3,7 +3,9 @@ held to the behaviour of the slower code it replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import gc
 import hashlib
 import hmac
@@ -18,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from servletsession import SessionManager, SessionMiddleware, get_session
+from servletsession import SessionLimitError, SessionManager, SessionMiddleware, get_session
 from servletsession import cookies as cookies_module
 from servletsession.cookies import _KeyedSha256, is_well_formed_id, new_session_id
 
@@ -260,4 +262,60 @@ async def test_a_response_object_sent_twice_gets_the_session_headers_once_each_t
         assert names.count(b"vary") == 1
         assert names.count(b"cache-control") == 1
     assert shared.raw_headers == before, "the Response's own header list was changed"
+    await manager.close()
+
+
+async def test_response_headers_given_as_any_iterable_are_all_kept() -> None:
+    """ASGI allows any iterable of headers: the session's are added and the app's all kept,
+    whether or not the app set caching headers of its own."""
+    manager = SessionManager()
+
+    def app_with(headers: list[tuple[bytes, bytes]]) -> Any:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            session = get_session(scope)
+            assert session is not None
+            await send({"type": "http.response.start", "status": 200, "headers": iter(headers)})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        return SessionMiddleware(app, secret_key=SECRET, manager=manager)
+
+    for own in ([(b"x-app", b"1")], [(b"x-app", b"1"), (b"cache-control", b"max-age=60")]):
+        cycle = _ServerCycle(_scope("/", None))
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any], into: list[Any] = sent) -> None:
+            into.append(message)
+
+        await app_with(own)(cycle.scope, cycle.receive, send)
+        names = [name for name, _ in sent[0]["headers"]]
+        assert b"x-app" in names
+        assert b"set-cookie" in names
+        assert b"vary" in names
+        assert names.count(b"cache-control") == 1
+    await manager.close()
+
+
+async def test_every_awaitable_send_returns_is_a_coroutine_a_task_can_run() -> None:
+    """The app's ``send`` returns the server's own coroutine, or one of ours when it drops a
+    message (after a 503): either way ``asyncio.create_task(send(...))`` works."""
+    manager = SessionManager(max_active_sessions=1)
+    outcomes: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        with contextlib.suppress(SessionLimitError):  # the app answers anyway: the
+            get_session(scope)  # middleware has answered 503 instead
+        start = send({"type": "http.response.start", "status": 200, "headers": []})
+        assert asyncio.iscoroutine(start)
+        await asyncio.create_task(start)
+        await asyncio.create_task(send({"type": "http.response.body", "body": b"x"}))
+        outcomes.append("sent")
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, manager=manager)
+    statuses = []
+    for _ in range(2):  # the first takes the one session allowed, the second is refused
+        cycle = _ServerCycle(_scope("/", None))
+        await middleware(cycle.scope, cycle.receive, cycle.send)
+        statuses.append(cycle.status)
+    assert statuses == [200, 503]
+    assert outcomes == ["sent", "sent"]
     await manager.close()
