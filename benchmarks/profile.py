@@ -128,7 +128,7 @@ def _knock_outs() -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
     }
 
 
-async def knock_out_profile(rounds: int = 21, batch: int = 1500) -> list[str]:
+async def knock_out_profile(rounds: int = 30, batch: int = 1500) -> list[str]:
     lines = [
         "## Knock-outs: what each part of a new session costs in context",
         "",
@@ -138,11 +138,11 @@ async def knock_out_profile(rounds: int = 21, batch: int = 1500) -> list[str]:
     scope = _scope("/rw", None)
     for part, (knock_out, restore) in _knock_outs().items():
         ours = contenders.servletsession()
-        for _ in range(1000):
+        for _ in range(3000):
             await ours.app(dict(scope), _receive, _discard)
         samples: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(rounds):
-            for with_part in (True, False):
+        for round_number in range(rounds):  # who goes first alternates: the store keeps growing
+            for with_part in (True, False) if round_number % 2 else (False, True):
                 if not with_part:
                     knock_out()
                 try:

@@ -180,8 +180,8 @@ class SessionIdTransport:
             app_headers = list(app_headers)
         if not by_header and message["type"] == "http.response.start":
             for name, _ in app_headers:
-                lowered = name.lower()
-                if lowered == b"vary" or lowered == b"cache-control":
+                size = len(name)  # only these lengths can spell them: lower() nothing else
+                if (size == 4 or size == 13) and name.lower() in _CACHING:
                     break
             else:  # The common response: the app said nothing of caching. Add the precomputed
                 # headers in one new list (the app's own may be a Response's raw_headers).
@@ -225,6 +225,7 @@ class SessionIdTransport:
 
 
 _PRIVATE = (b"cache-control", b"private")
+_CACHING = (b"vary", b"cache-control")  # the response headers the app may have set itself
 
 
 # Directives that let a cache keep a response, or say for how long: a response carrying the ID
