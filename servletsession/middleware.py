@@ -200,8 +200,9 @@ class SessionMiddleware:
         finally:
             # The scope holds the exchange and the server's send may hold the scope: let go of
             # the send, so that the request's objects are freed as it ends, not by the garbage
-            # collector.
-            exchange.downstream = _dropped
+            # collector. A send after this (a task the app left behind) is an error, as the
+            # server would have said.
+            exchange.downstream = _sent_after_the_end
             if journal_token is not None:
                 change_journal.reset(journal_token)
             if exchange.socket is not None:
@@ -361,6 +362,12 @@ class _Exchange(RequestSession):
                          "closing the connection without its last chunk")  # fmt: skip
             raise
         await self.downstream(message)
+
+
+async def _sent_after_the_end(message: Message) -> None:
+    raise RuntimeError(
+        f"ASGI message {message.get('type')!r} sent after the app returned: the response is over"
+    )
 
 
 async def _dropped(message: Message) -> None:

@@ -319,3 +319,29 @@ async def test_every_awaitable_send_returns_is_a_coroutine_a_task_can_run() -> N
     assert statuses == [200, 503]
     assert outcomes == ["sent", "sent"]
     await manager.close()
+
+
+async def test_a_send_after_the_app_returned_is_an_error_not_silently_dropped() -> None:
+    """A task the app leaves behind that sends once the request is over is told so, as the
+    server would have told it (the middleware let go of the server's send as the request
+    ended)."""
+    manager = SessionManager()
+    late: list[asyncio.Task[None]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_session(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+
+        async def later() -> None:
+            await asyncio.sleep(0)
+            await send({"type": "http.response.body", "body": b"late"})
+
+        late.append(asyncio.create_task(later()))
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, manager=manager)
+    cycle = _ServerCycle(_scope("/", None))
+    await middleware(cycle.scope, cycle.receive, cycle.send)
+    with pytest.raises(RuntimeError, match="after the app returned"):
+        await late[0]
+    await manager.close()
