@@ -66,12 +66,12 @@ class RequestSession(MutableMapping[str, Any]):
             elif visit.ended_found:
                 self.found = True  # it expired as we looked: the cookie is deleted
 
-    def load_now(self) -> bool:
-        """`load` without awaiting, when the manager can join the session at once (a live object
-        found in good time); ``False``, having done nothing, when `load` must run."""
-        assert self.requested_id is not None
+    def load_now(self, requested_id: str) -> bool:
+        """`load` (of ``requested_id``, the request's) without awaiting, when the manager can
+        join the session at once (a live object found in good time); ``False``, having done
+        nothing, when `load` must run."""
         visit = Visit()
-        session = self._manager.join_now(self.requested_id, visit)
+        session = self._manager.join_now(requested_id, visit)
         if session is False:
             return False
         if session is not None:
@@ -99,7 +99,8 @@ class RequestSession(MutableMapping[str, Any]):
                 "(before returning a StreamingResponse, or before websocket.accept())"
             )
         visit = Visit()
-        visit.journal = self.journal
+        if self.journal is not None:
+            visit.journal = self.journal
         try:
             session = self._manager.create_session(visit)
         except SessionLimitError as exc:

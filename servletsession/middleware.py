@@ -120,6 +120,7 @@ class SessionMiddleware:
         self.manager = manager
         self._limited = manager.settings.max_active_sessions is not None
         self._shared = manager.shared  # a store written as responses start and end
+        self._flushes = manager.flushes  # work to do as a response starts (a save, limits)
         self._reaper_unasked = True
         self.settings = settings
         self._cookies = CookieCodec(
@@ -179,9 +180,9 @@ class SessionMiddleware:
                 if self._limited:
                     await manager.before_request()
                 if session_id is not None:
-                    if not exchange.load_now():
+                    if not exchange.load_now(session_id):
                         await exchange.load()
-                    if exchange.session is None:
+                    if not exchange.visits:  # no live session has that ID
                         manager.cookie_rejected("unknown_id", scope)
             except StoreUnavailableError as exc:
                 await self._unavailable(scope, send, exc)
@@ -311,7 +312,7 @@ class _Exchange(RequestSession):
         if not self.visits:
             if not self.consulted and not self.found:
                 return self.downstream(message)  # the app never looked at sessions: nothing to do
-        elif middleware.manager.flushes:
+        elif middleware._flushes:
             if middleware._shared and kind == "http.response.start":
                 self.phase = _SAVING_AT_END
             return self._save_and_start(message)
