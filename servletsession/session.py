@@ -6,14 +6,13 @@ value be stored; it is going away; its timeout moved; who listens). The rest is 
 
 from __future__ import annotations
 
-import asyncio
 import math
 from asyncio import _get_running_loop
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .changes import ABSENT as _ABSENT
-from .changes import PRINCIPAL, Unsaved, change_journal, track_change
+from .changes import PRINCIPAL, change_journal, track_change
 from .config import MAX_SECONDS
 from .cookies import session_ref
 from .errors import IllegalStateError
@@ -26,6 +25,7 @@ from .listeners import (
     delivering_for,
 )
 from .owner import SessionOwner
+from .session_state import SessionState
 
 if TYPE_CHECKING:
     from .accessor import SessionAccessor
@@ -44,7 +44,7 @@ def _is_storable_principal(principal: object) -> bool:
     return principal.encode("utf-8", "replace").decode() == principal  # no lone surrogate
 
 
-class HttpSession(MutableMapping[str, Any]):
+class HttpSession(SessionState, MutableMapping[str, Any]):
     """The Servlet ``HttpSession``: attributes, timestamps, idle timeout, ``invalidate()``.
 
     It is also a ``MutableMapping[str, Any]``: every write goes through
@@ -53,72 +53,7 @@ class HttpSession(MutableMapping[str, Any]):
     Equal only if identical; the [`SessionManager`][servletsession.SessionManager] creates them.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_absolute_timeout",
-        "_attributes",
-        "_changed_names",
-        "_creation_time",
-        "_detached",
-        "_expiring",
-        "_expiry_mark",
-        "_id",
-        "_idle_since",
-        "_in_flight",
-        "_is_new",
-        "_last_accessed_time",
-        "_listener_tail",
-        "_loop",
-        "_max_inactive_interval",
-        "_owner",
-        "_previous_id",
-        "_principal",
-        "_principal_changed",
-        "_read_names",
-        "_save_started",
-        "_saving",
-        "_snapshot",
-        "_stored",
-        "_stored_expires",
-        "_this_accessed_time",
-        "_timeouts_changed",
-        "_track_reads",
-        "_unsaved",
-        "_valid",
-    )
-
-    _owner: SessionOwner
-    _id: str
-    _creation_time: float
-    _last_accessed_time: float  # the start of the previous request (getLastAccessedTime)
-    _this_accessed_time: float  # the start of the request now using it
-    _idle_since: float  # when the idle clock last restarted (a request began or ended)
-    _max_inactive_interval: int
-    _absolute_timeout: float | None
-    _attributes: dict[str, Any]
-    _is_new: bool
-    _stored: bool  # the store holds it (a new session is stored as its response starts)
-    _valid: bool
-    _expiring: bool  # being destroyed: its own listeners may still read it
-    _timeouts_changed: bool  # max_inactive_interval or absolute_timeout set since the save
-    _principal_changed: bool
-    _detached: bool  # ended elsewhere: this copy is never written back
-    _track_reads: bool  # save_mode "on_get": attributes read are written back too
-    _in_flight: int  # requests (and accesses) using it now
-    #: Shared stores, in tickets (one order per process): when the state this copy holds was
-    #: read or last written, when its last write started, and how many writes are under way.
-    _snapshot: int
-    _save_started: int
-    _saving: int
-    _listener_tail: asyncio.Task[None] | None  # the last of its pending async events
-    _changed_names: set[str] | None
-    _read_names: set[str] | None
-    _unsaved: Unsaved | None  # shared stores: who changed what since the save
-    _previous_id: str | None
-    _principal: str | None
-    _expiry_mark: float | None  # private to the store's expiry index
-    _stored_expires: float  # the store's deadline as last seen (shared stores)
-    _loop: asyncio.AbstractEventLoop | None  # the app's: listeners.chain hands it others' events
+    __slots__ = ()  # the fields are `SessionState`'s
 
     def __init__(
         self,
@@ -410,62 +345,6 @@ class HttpSession(MutableMapping[str, Any]):
     def _check_valid(self) -> None:
         if not self._valid and not (self._expiring and delivering_for.get() is self):
             raise IllegalStateError("the session has been invalidated")
-
-    # --- the manager's side: access bookkeeping ----------------------------------------------
-
-    def _begin_access(self, now: float, previous: float | None = None) -> None:
-        """A request joins the session (it arrived carrying the session's ID); ``previous`` is
-        the start of the previous request when a shared store recorded it."""
-        self._last_accessed_time = self._this_accessed_time if previous is None else previous
-        self._this_accessed_time = now
-        self._idle_since = now
-        self._is_new = False
-        self._in_flight += 1
-        self._loop = _get_running_loop() or self._loop  # joined on the app's (new, maybe) loop
-
-    def _end_access(self, now: float) -> None:
-        """A request that joined the session finished: the idle clock restarts now."""
-        self._in_flight -= 1
-        self._idle_since = now
-
-    def _join(self, now: float) -> bool:
-        """A live session's lookup by a request: `_begin_access` unless the session is due
-        (`_due`: ``False``, nothing done, and the caller ends it). One call on every request."""
-        absolute = self._absolute_timeout
-        if absolute is not None and self._creation_time + absolute <= now:
-            return False
-        idle = self._max_inactive_interval
-        in_flight = self._in_flight
-        if in_flight == 0 and idle > 0 and self._idle_since + idle <= now:
-            return False
-        self._last_accessed_time = self._this_accessed_time
-        self._this_accessed_time = self._idle_since = now
-        self._is_new = False
-        self._in_flight = in_flight + 1
-        self._loop = _get_running_loop() or self._loop
-        return True
-
-    def _leave(self, now: float) -> None:
-        """A live session's request is done: `_end_access`, and what it changed or read is no
-        longer anybody's to write (the store holds the object itself)."""
-        self._in_flight -= 1
-        self._idle_since = now
-        self._changed_names = self._read_names = None
-
-    def _expires_at(self) -> float:
-        """When the session times out if nothing touches it (``math.inf``: never)."""
-        idle = self._max_inactive_interval
-        deadline = self._idle_since + idle if idle > 0 else math.inf
-        absolute = self._absolute_timeout
-        if absolute is not None and self._creation_time + absolute < deadline:
-            return self._creation_time + absolute
-        return deadline
-
-    def _absolute_deadline(self) -> float:
-        """When the session ends however busy it is (``math.inf``: no absolute timeout)."""
-        if self._absolute_timeout is None:
-            return math.inf
-        return self._creation_time + self._absolute_timeout
 
     # --- the mapping protocol ----------------------------------------------------------------
 
