@@ -107,8 +107,8 @@ class _KeyedSha256:
     HMAC (RFC 2104) is ``H((K ^ opad) || H((K ^ ipad) || m))``. Both padded keys fill exactly one
     SHA-256 block, so the hash states after them depend on the key alone: kept here, each MAC
     costs copying two states and hashing ``m`` and one digest, not the pads again (half the time
-    of ``hmac.digest``, which starts from the key on every call). The result is the same bytes
-    ``hmac.digest(key, m, "sha256")`` gives (a test holds them to it).
+    of ``hmac.digest``, which starts from the key on every call). The MAC is the same bytes
+    ``hmac.digest(key, m, "sha256")`` gives (a test holds it to them).
     """
 
     __slots__ = ("_inner", "_outer")
@@ -121,15 +121,9 @@ class _KeyedSha256:
         self._inner = hashlib.sha256(key.translate(_INNER_PAD))
         self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
 
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
     def signature(self, message: bytes) -> bytes:
-        """The MAC as itsdangerous spells a signature: URL-safe base64 without padding."""
+        """The MAC of ``message`` as itsdangerous spells a signature: URL-safe base64 without
+        padding."""
         inner = self._inner.copy()
         inner.update(message)
         outer = self._outer.copy()
@@ -311,8 +305,8 @@ class _VerifiedCache:
     New entries go into the young generation; when it holds half the bound it becomes the old
     one, and the previous old one is dropped whole. So the newest half of the bound is always
     kept, the bound always holds, and a put costs one dict insert: no per-entry eviction, which
-    for an ``OrderedDict`` meant touching its oldest node on every new session (about a
-    microsecond in a server's cold caches). A value dropped is verified again by HMAC.
+    for an ``OrderedDict`` meant touching its oldest node, wherever it lay in memory, on every new
+    session. A value dropped is verified again by HMAC.
     """
 
     __slots__ = ("old", "young")

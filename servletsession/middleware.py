@@ -267,9 +267,8 @@ class _Exchange(RequestSession):
     per request, and a plain function that returns the coroutine to await — the server's own
     ``send(message)`` whenever there is nothing of ours to wait for (always, but for shared
     stores' saves, websocket handshakes and dropped messages), so a message passes through no
-    coroutine of ours.
-    What it does is decided once per phase (``phase``), not tested again per message. The
-    middleware sets the fields below before the app runs.
+    coroutine of ours. What it does is decided once per phase (``phase``), not tested again per
+    message. The middleware sets the fields below before the app runs.
     """
 
     __slots__ = ("downstream", "middleware", "phase", "socket", "websocket")

@@ -72,11 +72,7 @@ class MemoryStore(SessionStore):
         """Hold a new session (or one whose ID changed) from now on. Its deadline is worked out
         first: if that fails, the store is left as it was (never a session held but unscheduled,
         which nothing would ever expire)."""
-        deadline = session._expires_at()  # `_schedule`, spelt out: one call per new session
-        mark = session._expiry_mark
-        if deadline != _NEVER and (mark is None or deadline < mark):
-            session._expiry_mark = deadline
-            heapq.heappush(self._deadlines, (deadline, session._id))
+        self._schedule(session)
         self._sessions[session._id] = session
         session._stored = True
         if session._principal is not None:
@@ -189,7 +185,7 @@ class MemoryStore(SessionStore):
         deadline = session._expires_at()
         mark = session._expiry_mark
         if deadline != _NEVER and (mark is None or deadline < mark):
-            session._expiry_mark = deadline
+            session._expiry_mark = deadline  # `_push`, spelt out: once per new session
             heapq.heappush(self._deadlines, (deadline, session._id))
 
     def _push(self, session: HttpSession, deadline: float) -> None:
