@@ -168,12 +168,6 @@ class RequestSession(MutableMapping[str, Any]):
         for visit in self.visits:
             await self._manager.release_lock(visit)
 
-    def finish_now(self) -> bool:
-        """`finish` without awaiting, when the request's one session can be let go of at once;
-        ``False``, having done nothing, when `finish` must run."""
-        visits = self.visits
-        return len(visits) == 1 and self._manager.release_now(visits[0])
-
     async def finish(self) -> None:
         first_error: BaseException | None = None
         for visit in self.visits:

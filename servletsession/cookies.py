@@ -230,7 +230,9 @@ class CookieCodec:
         name = self._name
         joined: bytes | None = None
         for key, header in headers:
-            if key == b"cookie" and name in header:  # (HTTP/2 may split the cookies)
+            # (HTTP/2 may split the cookies.) ``find``, not ``in``: ``bytes in bytes`` first tries
+            # the operand as an int and raises and clears a TypeError, every request.
+            if key == b"cookie" and header.find(name) != -1:
                 joined = header if joined is None else joined + b"; " + header
         if joined is None:
             return None, "absent"

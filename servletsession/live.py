@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import _get_running_loop
 from typing import TYPE_CHECKING, Literal
 
 from . import restart
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
     from .stores.memory import MemoryStore
 
 logger = logging.getLogger("servletsession")
+
+
+def _leave(session: HttpSession, now: float) -> None:
+    """A request that joined the live session is done: the idle clock restarts now (the
+    session's `_end_access`), and what it read is no longer anybody's to write (the store holds
+    the object itself)."""
+    session._in_flight -= 1
+    session._idle_since = now
+    session._read_names = None
 
 
 class LiveSessions:
@@ -75,8 +85,22 @@ class LiveSessions:
         session = self._held.get(session_id)
         if session is None:
             return None
-        if not session._join(self._host.clock()):
+        # The session's `_begin_access`, here where it is decided whether the session is due
+        # (its absolute timeout passed, or idle past its interval with no request using it):
+        # then nothing is done, and `join` ends it.
+        now = self._host.clock()
+        absolute = session._absolute_timeout
+        if absolute is not None and session._creation_time + absolute <= now:
             return False
+        idle = session._max_inactive_interval
+        in_flight = session._in_flight
+        if in_flight == 0 and idle > 0 and session._idle_since + idle <= now:
+            return False
+        session._last_accessed_time = session._this_accessed_time
+        session._this_accessed_time = session._idle_since = now
+        session._is_new = False
+        session._in_flight = in_flight + 1
+        session._loop = _get_running_loop() or session._loop  # the app's (new, maybe) loop
         visit.session = session
         return session
 
@@ -103,7 +127,7 @@ class LiveSessions:
             if session._listener_tail is not None:
                 await settle(session)
         finally:
-            session._leave(self._host.clock())
+            _leave(session, self._host.clock())
 
     def release_now(self, visit: Visit) -> bool:
         """`release` when no async event of the session is pending (nothing to wait for);
@@ -112,7 +136,9 @@ class LiveSessions:
         assert session is not None
         if session._listener_tail is not None:
             return False
-        session._leave(self._host.clock())
+        session._in_flight -= 1  # `_leave`, spelt out
+        session._idle_since = self._host.clock()
+        session._read_names = None
         return True
 
     async def release_lock(self, visit: Visit, session_id: str | None = None) -> None:

@@ -167,14 +167,7 @@ class SessionMiddleware:
             by_header = False
         if session_id is None and outcome != "absent":
             manager.cookie_rejected(outcome, scope)
-        exchange = _Exchange(manager, session_id, by_header)
-        exchange.middleware = self
-        exchange.downstream = send
-        exchange.phase = _BEFORE_START
-        exchange.websocket = kind == "websocket"
-        exchange.socket = None
-        if self._shared:  # what this request changes, to take back if it is answered 503
-            exchange.journal = {}
+        exchange = _Exchange(self, session_id, by_header, send, kind == "websocket")
         if session_id is not None or self._limited:
             try:
                 if self._limited:
@@ -208,7 +201,8 @@ class SessionMiddleware:
                 change_journal.reset(journal_token)
             if exchange.socket is not None:
                 await exchange.socket.stop()
-            if exchange.visits and not exchange.finish_now():
+            visits = exchange.visits
+            if visits and not (len(visits) == 1 and manager.release_now(visits[0])):
                 try:
                     if self._shared:  # store calls: let a cancelled request still write and unlock
                         with CancelScope(shield=True):
@@ -278,6 +272,28 @@ class _Exchange(RequestSession):
     phase: int  # see _BEFORE_START and the others above
     websocket: bool  # a websocket's handshake, not an HTTP request
     socket: SessionWebSocket | None  # an accepted websocket tied to the session
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        requested_id: str | None,
+        by_header: bool,
+        downstream: Send,
+        websocket: bool,
+    ) -> None:
+        # `RequestSession.__init__`, spelt out: one call per request, not two.
+        self._manager = middleware.manager
+        self.requested_id = requested_id
+        self.by_header = by_header
+        self._session = self.refused = self.socket = None
+        self.found = self.consulted = self.started = False
+        self.visits = []
+        # What this request changes on a shared store, to take back if it is answered 503.
+        self.journal = {} if middleware._shared else None
+        self.middleware = middleware
+        self.downstream = downstream
+        self.phase = _BEFORE_START
+        self.websocket = websocket
 
     async def answer_503(self, reason: str, retry_after: int) -> None:
         self.phase = _DROPPING

@@ -21,6 +21,9 @@ class SessionOwner(Protocol):
     @property
     def listeners(self) -> ListenerRegistry: ...
 
+    #: A shared store: a session's changes are recorded, for its saves (a live one has none).
+    shared: bool
+
     @property
     def value_check(self) -> Callable[[str, Any], None] | None:
         """Raises ``TypeError`` if the store cannot persist a value (Servlet spec: refuse it at

@@ -234,14 +234,9 @@ class HttpSession(SessionState, MutableMapping[str, Any]):
         old = attributes.get(name, _ABSENT)
         if old is not value and type(value) not in _UNBINDABLE and hasattr(value, "value_bound"):
             deliver_to_value(self, value, "value_bound", HttpSessionBindingEvent(self, name, value))
-        if (journal := change_journal.get()) is not None or self._unsaved is not None:
-            track_change(self, journal, name, old, value)
+        if owner.shared:
+            self._record_change(name, old, value)
         attributes[name] = value
-        changed = self._changed_names
-        if changed is None:
-            self._changed_names = {name}
-        else:
-            changed.add(name)
         if old is _ABSENT:
             added = owner.listeners.attribute_added
             if added:
@@ -264,9 +259,8 @@ class HttpSession(SessionState, MutableMapping[str, Any]):
             if self._unsaved and name in self._unsaved:  # as for the principal
                 track_change(self, change_journal.get(), name, value, value)
             return
-        if (journal := change_journal.get()) is not None or self._unsaved is not None:
-            track_change(self, journal, name, value, _ABSENT)
-        self._mark_changed(name)
+        if self._owner.shared:
+            self._record_change(name, value, _ABSENT)
         if hasattr(value, "value_unbound"):
             deliver_to_value(
                 self, value, "value_unbound", HttpSessionBindingEvent(self, name, value)
@@ -274,6 +268,13 @@ class HttpSession(SessionState, MutableMapping[str, Any]):
         removed = self._owner.listeners.attribute_removed
         if removed:
             deliver(self, removed, HttpSessionBindingEvent(self, name, value))
+
+    def _record_change(self, name: str, old: Any, new: Any) -> None:
+        """A shared store's copy: journal the change for the request (and the share's history),
+        and mark the name to be written. A live session needs neither: the store holds it."""
+        if (journal := change_journal.get()) is not None or self._unsaved is not None:
+            track_change(self, journal, name, old, new)
+        self._mark_changed(name)
 
     def _mark_read(self, name: str) -> None:
         if self._read_names is None:

@@ -103,30 +103,6 @@ class SessionState:
         self._in_flight -= 1
         self._idle_since = now
 
-    def _join(self, now: float) -> bool:
-        """A live session's lookup by a request: `_begin_access` unless the session is due
-        (`_due`: ``False``, nothing done, and the caller ends it). One call on every request."""
-        absolute = self._absolute_timeout
-        if absolute is not None and self._creation_time + absolute <= now:
-            return False
-        idle = self._max_inactive_interval
-        in_flight = self._in_flight
-        if in_flight == 0 and idle > 0 and self._idle_since + idle <= now:
-            return False
-        self._last_accessed_time = self._this_accessed_time
-        self._this_accessed_time = self._idle_since = now
-        self._is_new = False
-        self._in_flight = in_flight + 1
-        self._loop = _get_running_loop() or self._loop
-        return True
-
-    def _leave(self, now: float) -> None:
-        """A live session's request is done: `_end_access`, and what it changed or read is no
-        longer anybody's to write (the store holds the object itself)."""
-        self._in_flight -= 1
-        self._idle_since = now
-        self._changed_names = self._read_names = None
-
     def _expires_at(self) -> float:
         """When the session times out if nothing touches it (``math.inf``: never)."""
         idle = self._max_inactive_interval

@@ -156,32 +156,26 @@ class SessionIdTransport:
     ) -> None:
         """Add the ID's header (``Set-Cookie`` or the ID header), ``Vary`` and ``Cache-Control``
         to the response start (or websocket accept) of a request that used sessions."""
-        outgoing = context.outgoing_id()
-        by_header = context.by_header
-        rolling = self._rolling
+        # `RequestSession.outgoing_id`, spelt out (once per response that used sessions).
+        session = context._session
+        if session is None or not session._valid:
+            outgoing = "" if context.found and (session is None or not session._detached) else None
+        elif session._detached:
+            outgoing = None
+        else:
+            outgoing = session._id if session._id != context.requested_id else None
         if outgoing is None and not context.consulted:
             return
-        if rolling is not None and not by_header:
-            requested = context.requested_id
-            if outgoing is None:
-                if (
-                    requested is not None
-                    and context.kept_requested_session()
-                    and rolling.due(requested, clock())
-                ):
-                    outgoing = requested  # refresh the cookie's Max-Age
-            else:
-                if requested is not None:
-                    rolling.forget(requested)
-                if outgoing:
-                    rolling.sent(outgoing, clock())
+        by_header = context.by_header
+        if self._rolling is not None and not by_header:
+            outgoing = self._roll(context, outgoing, clock)
         app_headers = message.get("headers", ())
         if type(app_headers) is not list:  # any iterable (ASGI): read it once, keep it whole
             app_headers = list(app_headers)
         if not by_header and message["type"] == "http.response.start":
             for name, _ in app_headers:
-                size = len(name)  # only these lengths can spell them: lower() nothing else
-                if (size == 4 or size == 13) and name.lower() in _CACHING:
+                # Only these lengths can spell them: lower() nothing else.
+                if len(name) in _CACHING_LENGTHS and name.lower() in _CACHING:
                     break
             else:  # The common response: the app said nothing of caching. Add the precomputed
                 # headers in one new list (the app's own may be a Response's raw_headers).
@@ -211,6 +205,28 @@ class SessionIdTransport:
                 (_make_unstorable if by_header else _make_private)(headers)
         message["headers"] = headers
 
+    def _roll(
+        self, context: RequestSession, outgoing: str | None, clock: Callable[[], float]
+    ) -> str | None:
+        """Rolling cookies: the ID to send (``outgoing``, or the requested one when its cookie
+        is due for a fresh ``Max-Age``), noting what goes out."""
+        rolling = self._rolling
+        assert rolling is not None
+        requested = context.requested_id
+        if outgoing is None:
+            if (
+                requested is not None
+                and context.kept_requested_session()
+                and rolling.due(requested, clock())
+            ):
+                return requested  # refresh the cookie's Max-Age
+            return None
+        if requested is not None:
+            rolling.forget(requested)
+        if outgoing:
+            rolling.sent(outgoing, clock())
+        return outgoing
+
     def _add_vary(self, headers: list[Any]) -> None:
         for index, (name, value) in enumerate(headers):
             if name.lower() == b"vary":
@@ -226,6 +242,7 @@ class SessionIdTransport:
 
 _PRIVATE = (b"cache-control", b"private")
 _CACHING = (b"vary", b"cache-control")  # the response headers the app may have set itself
+_CACHING_LENGTHS = frozenset(len(name) for name in _CACHING)
 
 
 # Directives that let a cache keep a response, or say for how long: a response carrying the ID
