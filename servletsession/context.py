@@ -130,19 +130,6 @@ class RequestSession(MutableMapping[str, Any]):
             and session._id == self.requested_id
         )
 
-    def outgoing_id(self) -> str | None:
-        """The ID this response must hand the client: the session's when it was created or its
-        ID changed; ``""`` (delete the cookie, empty the header) when the requested session ended
-        here; ``None`` for nothing. A copy another process ended or renamed (detached) sends
-        nothing: that process sent the client its ID, which a deletion arriving later would
-        destroy."""
-        session = self._session
-        if session is not None and session._detached:
-            return None
-        if session is not None and session._valid:
-            return session._id if session._id != self.requested_id else None
-        return "" if self.found else None
-
     def kept_requested_session(self) -> bool:
         """The request's session is the live one its ID named (a rolling cookie may be
         refreshed)."""

@@ -145,7 +145,7 @@ class _SessionIdSigner(Signer):
         self._derived = {key: Signer.derive_key(self, key) for key in self.secret_keys}
         #: The derived keys' MACs, newest first: the order in which a value is verified.
         self._macs = [_KeyedSha256(self._derived[key]) for key in reversed(self.secret_keys)]
-        self._signing_mac = self._macs[0]
+        self.signing_mac = self._macs[0]  # the newest key's: it signs
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         if secret_key is None:
@@ -171,7 +171,7 @@ class _SessionIdSigner(Signer):
     def sign_id(self, session_id: str) -> bytes:
         """``sign()`` for an ASCII session ID, in itsdangerous' format (``value.signature``)."""
         value = session_id.encode("ascii")
-        return value + b"." + self._signing_mac.signature(value)
+        return value + b"." + self.signing_mac.signature(value)
 
 
 class CookieCodec:
@@ -182,6 +182,7 @@ class CookieCodec:
         "_name",
         "_set_suffix",
         "_signer",
+        "_signing_mac",
         "_verified",
         "_verified_headers",
         "name",
@@ -202,6 +203,7 @@ class CookieCodec:
         self.name = name
         self._name = name.encode("ascii")
         self._signer = _SessionIdSigner(secret_keys)
+        self._signing_mac = self._signer.signing_mac
         self._verified = _VerifiedCache()  # signed values (`<id>.<signature>`)
         self._verified_headers = _VerifiedCache()  # whole Cookie headers that held one
         attributes = [f"Path={path}"]
@@ -290,9 +292,15 @@ class CookieCodec:
 
     def set_cookie(self, session_id: str) -> bytes:
         """The ``Set-Cookie`` value that hands ``session_id`` to the browser (a new session's,
-        or its new ID's): `sign`, spelt out."""
-        value = self._signer.sign_id(session_id)
-        self._verified.put(value, session_id)
+        or its new ID's): `sign` (and the signer's `sign_id`), spelt out: once per new session."""
+        value = session_id.encode("ascii")
+        value += b"." + self._signing_mac.signature(value)
+        verified = self._verified  # `_VerifiedCache.put`
+        young = verified.young
+        young[value] = session_id
+        if len(young) >= _VERIFIED_CACHE_SIZE // 2:
+            verified.old = young
+            verified.young = {}
         return self._name + b"=" + value + self._set_suffix
 
     def deletion(self) -> bytes:

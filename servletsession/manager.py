@@ -191,12 +191,12 @@ class SessionManager(Running):
         session_id = new_session_id()
         while session_id in held:  # 256 random bits: never, but cheap
             session_id = new_session_id()
-        session = HttpSession(
+        session = HttpSession(  # positionally: binding keywords costs more, every session
             self,
             session_id,
-            creation_time=self.clock(),
-            max_inactive_interval=settings.max_inactive_interval,
-            absolute_timeout=settings.absolute_timeout,
+            self.clock(),
+            settings.max_inactive_interval,
+            settings.absolute_timeout,
         )
         session._in_flight = 1
         if self._track_reads:

@@ -304,17 +304,9 @@ class _Exchange(RequestSession):
         phase = self.phase
         if phase == _PASSING:
             return self.downstream(message)
-        if phase == _BEFORE_START:
-            return self._start(message)
-        if phase == _SAVING_AT_END:
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                return self._save_and_end(message)  # what changed while the body streamed
-            return self.downstream(message)
-        if phase == _SOCKET and not (self.socket is not None and self.socket.closed):
-            return self.downstream(message)
-        return _dropped(message)  # a 503, or a close as the session ended, went out instead
-
-    def _start(self, message: Message) -> Awaitable[None]:
+        if phase != _BEFORE_START:
+            return self._send_later(phase, message)
+        # Before the response starts: its start (or the websocket's accept) gets our headers.
         kind = message["type"]
         if kind not in _START:
             return self.downstream(message)
@@ -335,6 +327,16 @@ class _Exchange(RequestSession):
         if kind == "websocket.accept":
             return self._accept(message)
         return self.downstream(message)
+
+    def _send_later(self, phase: int, message: Message) -> Awaitable[None]:
+        """`send` once the response (or websocket) started, but for the messages it passes on."""
+        if phase == _SAVING_AT_END:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                return self._save_and_end(message)  # what changed while the body streamed
+            return self.downstream(message)
+        if phase == _SOCKET and not (self.socket is not None and self.socket.closed):
+            return self.downstream(message)
+        return _dropped(message)  # a 503, or a close as the session ended, went out instead
 
     async def _save_and_start(self, message: Message) -> None:
         """A store written as the response starts: save first, then start it — or answer 503,

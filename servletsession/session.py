@@ -59,10 +59,10 @@ class HttpSession(SessionState, MutableMapping[str, Any]):
         self,
         owner: SessionOwner,
         session_id: str,
-        *,
         creation_time: float,
         max_inactive_interval: int,
         absolute_timeout: float | None = None,
+        *,
         attributes: dict[str, Any] | None = None,
         last_accessed_time: float | None = None,
         is_new: bool = True,
@@ -222,10 +222,10 @@ class HttpSession(SessionState, MutableMapping[str, Any]):
     def _set(self, name: str, value: Any) -> None:
         """``set_attribute`` for a value that is not ``None``; also ``session[name] = value``
         (dict semantics: ``None`` is stored, only ``set_attribute`` removes)."""
-        if not self._valid:
+        if not self._valid or type(name) is not str:
             self._check_valid()
-        if type(name) is not str:
-            raise TypeError(f"attribute names are str, got {type(name).__name__}")
+            if type(name) is not str:
+                raise TypeError(f"attribute names are str, got {type(name).__name__}")
         owner = self._owner
         check = owner.value_check
         if check is not None:

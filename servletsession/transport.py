@@ -156,7 +156,11 @@ class SessionIdTransport:
     ) -> None:
         """Add the ID's header (``Set-Cookie`` or the ID header), ``Vary`` and ``Cache-Control``
         to the response start (or websocket accept) of a request that used sessions."""
-        # `RequestSession.outgoing_id`, spelt out (once per response that used sessions).
+        # The ID this response hands the client: the session's when it was created or its ID
+        # changed; "" (delete the cookie, empty the header) when the requested session ended
+        # here; None for nothing. A copy another process ended or renamed (detached) sends
+        # nothing: that process sent the client its ID, which a deletion arriving later would
+        # destroy.
         session = context._session
         if session is None or not session._valid:
             outgoing = "" if context.found and (session is None or not session._detached) else None
