@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import itertools
 import statistics
 import sys
@@ -104,10 +105,15 @@ def _knock_outs() -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
         return (lambda: setattr(owner, name, stand_in)), (lambda: setattr(owner, name, real))
 
     counter = itertools.count()
-    fixed_signature = b"." + b"s" * 43
+    fixed_signature = b"s" * 43
 
-    def unsigned_cookie(codec: Any, session_id: str) -> bytes:
-        return b"sessionid=" + session_id.encode() + fixed_signature + codec._set_suffix
+    def fixed_mac(mac: Any, message: bytes) -> bytes:
+        return fixed_signature
+
+    def unremembered_cookie(codec: Any, session_id: str) -> bytes:
+        value = session_id.encode("ascii")
+        value += b"." + codec._signing_mac.signature(value)
+        return b"sessionid=" + value + codec._set_suffix
 
     def held_nowhere(store: Any, session: Any) -> None:
         session._stored = True
@@ -116,15 +122,14 @@ def _knock_outs() -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
         "draw the ID (a batch from `secrets`)": swap(
             manager, "new_session_id", lambda: f"{next(counter):043d}"
         ),
-        "sign the cookie (HMAC-SHA256, base64)": swap(
-            cookies.CookieCodec, "set_cookie", unsigned_cookie
-        ),
+        "sign the cookie (HMAC-SHA256, base64)": swap(cookies._KeyedSha256, "signature", fixed_mac),
         "remember the signed value (next request skips the HMAC)": swap(
-            cookies._VerifiedCache, "put", lambda cache, key, value: None
+            cookies.CookieCodec, "set_cookie", unremembered_cookie
         ),
         "keep the session (store dict, deadline heap: the store grows)": swap(
             memory.MemoryStore, "add", held_nowhere
         ),
+        "the garbage collector (its passes over the sessions kept)": (gc.disable, gc.enable),
     }
 
 

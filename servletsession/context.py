@@ -227,6 +227,10 @@ def get_session(
     context = scope.get(SCOPE_KEY)  # request function every route calls
     if not isinstance(context, RequestSession):
         context = _request_session(connection)  # raises the error that explains
+    session = context._session
+    if session is not None and session._valid:  # `RequestSession.get_session`'s first answer
+        context.consulted = True
+        return session
     return context.get_session(create)
 
 
