@@ -286,9 +286,9 @@ def main() -> None:
     report.say("# servletsession benchmarks")
     report.say()
     machine(report)
-    asyncio.run(in_process(report, rounds=9 if args.quick else 25))
+    asyncio.run(in_process(report, rounds=9 if args.quick else 41))
     if not args.skip_server:
-        through_server(report, seconds=2 if args.quick else 5, rounds=2 if args.quick else 3)
+        through_server(report, seconds=2 if args.quick else 5, rounds=2 if args.quick else 5)
     if not args.skip_stores:
         asyncio.run(shared_stores(report, requests=200 if args.quick else 1000))
     memory_scale(report, sizes)
