@@ -135,7 +135,7 @@ def through_server(report: Report, seconds: int, rounds: int) -> None:
          "+over bare"],
         [
             [name, f"{rps[name]:.0f}", f"{rps[name] / rps['bare']:.2f}×", f"{cpu[name]:.1f}",
-             f"+{cpu[name] - cpu['bare']:.1f}" if name != "bare" else ""]
+             f"{cpu[name] - cpu['bare']:+.1f}" if name != "bare" else ""]
             for name in names
         ],
     )  # fmt: skip
