@@ -133,20 +133,21 @@ def _knock_outs() -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
     }
 
 
-async def knock_out_profile(rounds: int = 30, batch: int = 1500) -> list[str]:
+async def knock_out_profile(rounds: int = 40, batch: int = 1500) -> list[str]:
     lines = [
         "## Knock-outs: what each part of a new session costs in context",
         "",
-        "| part | µs per new session |",
-        "| --- | --- |",
+        "| part | µs per new session (median of paired rounds) | middle half of the rounds |",
+        "| --- | --- | --- |",
     ]
     scope = _scope("/rw", None)
     for part, (knock_out, restore) in _knock_outs().items():
         ours = contenders.servletsession()
         for _ in range(3000):
             await ours.app(dict(scope), _receive, _discard)
-        samples: dict[bool, list[float]] = {True: [], False: []}
+        differences = []  # per round, the two adjacent batches: a drift of the VM cancels
         for round_number in range(rounds):  # who goes first alternates: the store keeps growing
+            timed: dict[bool, float] = {}
             for with_part in (True, False) if round_number % 2 else (False, True):
                 if not with_part:
                     knock_out()
@@ -154,11 +155,15 @@ async def knock_out_profile(rounds: int = 30, batch: int = 1500) -> list[str]:
                     began = time.perf_counter_ns()
                     for _ in range(batch):
                         await ours.app(dict(scope), _receive, _discard)
-                    samples[with_part].append((time.perf_counter_ns() - began) / batch / 1000)
+                    timed[with_part] = (time.perf_counter_ns() - began) / batch / 1000
                 finally:
                     restore()
-        cost = statistics.median(samples[True]) - statistics.median(samples[False])
-        lines.append(f"| {part} | {cost:.2f} |")
+            differences.append(timed[True] - timed[False])
+        quartiles = statistics.quantiles(differences, n=4)
+        lines.append(
+            f"| {part} | {statistics.median(differences):.2f} "
+            f"| {quartiles[0]:.2f} to {quartiles[2]:.2f} |"
+        )
         if ours.close is not None:
             await ours.close()
     lines.append("")
